@@ -1,0 +1,44 @@
+"""onnxcompress: turn a trained model into a small, fast, verified ONNX model."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .config import (  # noqa: E402
+    BenchConfig,
+    ExportConfig,
+    PipelineConfig,
+    PruneConfig,
+    QuantConfig,
+    SimplifyConfig,
+    ValidateConfig,
+    load_config,
+    save_config,
+)
+from .errors import AccuracyRegression, ConfigError, ExportError, InputError, OnnxCompressError, PassError  # noqa: E402
+from .io import load_model, save_model  # noqa: E402
+
+
+def __getattr__(name: str):
+    # Heavy stages are imported on first use so `import onnxcompress` stays fast and torch-free.
+    lazy = {
+        "convert": ("pipeline", "convert"),
+        "quantize": ("quant.qdq", "quantize"),
+        "simplify": ("passes.simplify", "simplify"),
+        "validate": ("evaluate.validate", "validate"),
+        "export": ("export", "export"),
+        "load_data": ("data", "load_data"),
+    }
+    if name in lazy:
+        import importlib
+
+        mod, attr = lazy[name]
+        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+    raise AttributeError(name)
+
+
+__all__ = [
+    "AccuracyRegression", "BenchConfig", "ConfigError", "ExportConfig", "ExportError", "InputError",
+    "OnnxCompressError", "PassError", "PipelineConfig", "PruneConfig", "QuantConfig", "SimplifyConfig",
+    "ValidateConfig", "convert", "export", "load_config", "load_data", "load_model", "quantize", "save_config",
+    "save_model", "simplify", "validate", "__version__",
+]

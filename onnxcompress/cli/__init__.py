@@ -1,0 +1,17 @@
+"""The `onnxcompress` command: each subcommand parses flags into config objects and calls the library."""
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from . import stages
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxcompress")
+def main() -> None:
+    """Turn a trained model into a small, fast, verified ONNX model."""
+
+
+for _cmd in stages.COMMANDS:
+    main.add_command(_cmd)

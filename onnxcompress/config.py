@@ -1,0 +1,215 @@
+"""Frozen config dataclasses, one per stage, plus PipelineConfig. They round-trip to JSON files.
+
+Unknown keys and wrong types raise ConfigError naming the key, so a typo in a CI config fails loudly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ConfigError
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 17
+    exporter: str = "auto"  # "auto" (dynamo, falling back to torchscript), "dynamo", "torchscript"
+    dynamic_batch: bool = True
+    check_samples: int = 4  # random inputs used to compare ONNX against torch
+    rtol: float = 1e-4
+    atol: float = 1e-4
+
+    def validate(self) -> None:
+        _choice("exporter", self.exporter, ("auto", "dynamo", "torchscript"))
+        if not 7 <= self.opset <= 23:
+            raise ConfigError(f"opset {self.opset} is out of range; use an opset between 7 and 23")
+
+
+@dataclass(frozen=True)
+class SimplifyConfig:
+    enabled: bool = True
+    onnxsim: bool = True
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    enabled: bool = False
+    ratio: float = 0.0  # 0 = only remove channels whose weights are already zero
+    zeroed_only: bool = False
+    criterion: str = "l2"  # "l1" | "l2" | "bn_scale"
+    scope: str = "global"  # "global" | "layer"
+    align: int = 8
+    min_channels: int = 8
+    reconstruct: bool = True  # least-squares refit of consumers when calibration data is given
+
+    def validate(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"prune ratio {self.ratio} is out of range; use a value in [0, 1)")
+        _choice("criterion", self.criterion, ("l1", "l2", "bn_scale"))
+        _choice("scope", self.scope, ("global", "layer"))
+        if self.align < 1 or self.min_channels < 1:
+            raise ConfigError("align and min_channels must be >= 1")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    enabled: bool = True
+    mode: str = "static"  # "static" | "dynamic" | "auto"
+    target: str = "auto"  # "auto" | "vnni" | "avx2" | "arm" | "generic"
+    calibration: str = "minmax"  # "minmax" | "percentile" | "entropy"
+    percentile: float = 99.999
+    per_channel: bool = True
+    activation_type: str = "auto"  # "auto" | "uint8" | "int8"
+    weight_type: str = "int8"
+    reduce_range: Optional[bool] = None  # None = chosen by target
+    calibration_samples: int = 512
+    batch_size: int = 32
+    exclude: tuple[str, ...] = ()  # node names kept in FP32
+    op_types: tuple[str, ...] = ()  # empty = default set
+
+    def validate(self) -> None:
+        _choice("mode", self.mode, ("static", "dynamic", "auto"))
+        _choice("calibration", self.calibration, ("minmax", "percentile", "entropy"))
+        _choice("activation_type", self.activation_type, ("auto", "uint8", "int8"))
+        _choice("weight_type", self.weight_type, ("int8", "uint8"))
+        _choice("target", self.target, ("auto", "vnni", "avx2", "arm", "generic"))
+        if self.calibration_samples < 1 or self.batch_size < 1:
+            raise ConfigError("calibration_samples and batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    batch_size: int = 64
+    max_samples: Optional[int] = None
+    max_drop: Optional[float] = 1.0  # top-1 points; None disables the gate
+    min_agreement: Optional[float] = None
+    min_cosine: Optional[float] = None
+    max_size: Optional[int] = None  # bytes
+    max_latency_ratio: Optional[float] = None
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("validate batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    warmup: int = 10
+    runs: int = 100
+    time_budget: Optional[float] = None  # seconds per model; overrides runs when set
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: tuple[int, ...] = (1,)
+    providers: tuple[str, ...] = ("cpu",)
+
+    def validate(self) -> None:
+        if self.warmup < 0 or self.runs < 1:
+            raise ConfigError("bench warmup must be >= 0 and runs >= 1")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ConfigError("bench batch sizes must be >= 1")
+        if not self.threads or min(self.threads) < 1:
+            raise ConfigError("bench threads must be >= 1")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    simplify: SimplifyConfig = field(default_factory=SimplifyConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    validate_: ValidateConfig = field(default_factory=ValidateConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(map(str, allowed))}")
+
+
+# ---------------------------------------------------------------- (de)serialisation
+
+def _key(name: str) -> str:
+    return name.rstrip("_")  # validate_ -> "validate" in files
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[_key(f.name)] = to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
+    if isinstance(cfg, PipelineConfig):
+        out = {"version": CONFIG_VERSION, **out}
+    return out
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, args[0], value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {type(value).__name__}")
+        (inner, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(key, inner, v) for v in value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section '{key}' must be a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build a config dataclass from a dict; unknown keys and wrong types raise ConfigError."""
+    data = dict(data)
+    if cls is PipelineConfig:
+        version = data.pop("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ConfigError(f"config version {version} is not supported; this onnxcompress reads version {CONFIG_VERSION}")
+    hints = typing.get_type_hints(cls)
+    fields = {_key(f.name): f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; known keys: {', '.join(sorted(fields))}")
+    kwargs = {fields[k]: _coerce(prefix + k, hints[fields[k]], v) for k, v in data.items()}
+    cfg = cls(**kwargs)
+    cfg.validate()
+    return cfg
+
+
+def save_config(cfg: PipelineConfig, path: str | Path) -> None:
+    from .io import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), (json.dumps(to_dict(cfg), indent=2) + "\n").encode())
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found; pass an existing JSON file to --config")
+    try:
+        data = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {p} is not valid JSON ({exc}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a JSON object at the top level")
+    return from_dict(PipelineConfig, data)

@@ -1,0 +1,1 @@
+"""Running models (runner), comparing results (compare), timing them (bench): kept separate."""

@@ -1,0 +1,144 @@
+"""Loading and saving models: clear errors on bad files, atomic writes, never overwrite the input."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import InputError
+
+MAX_PROTOBUF = 2**31 - 1  # protobuf's hard limit; larger models need external data
+MIN_OPSET, MAX_OPSET = 7, onnx.defs.onnx_opset_version()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers see the old file or the new one."""
+    path = Path(path)
+    _check_writable_dir(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_writable_dir(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise InputError(f"output folder {parent} does not exist; create it first or choose another -o path")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output folder {parent} is not writable; choose another -o path")
+
+
+def check_output_path(out: str | Path, *inputs: str | Path) -> Path:
+    """Refuse to write over an input file, and check the folder before any work is done."""
+    out = Path(out)
+    for src in inputs:
+        if src is not None and out.resolve() == Path(src).resolve():
+            raise InputError(f"output path {out} is the input file; choose a different -o path (inputs are never modified)")
+    if out.exists() and out.is_dir():
+        raise InputError(f"output path {out} is a folder; give a file name such as {out / 'model.onnx'}")
+    _check_writable_dir(out)
+    return out
+
+
+def load_model(path: str | Path, *, check: bool = True, load_external: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model, turning every kind of bad file into a one-line InputError."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"model file {p} not found; check the path")
+    if p.is_dir():
+        raise InputError(f"model path {p} is a folder; give the .onnx file inside it")
+    if p.stat().st_size == 0:
+        raise InputError(f"model file {p} is empty; re-export the model")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p} is not an ONNX model (protobuf parse failed: {_first_line(exc)}); pass a valid .onnx file") from None
+    if not model.HasField("graph") or (len(model.graph.node) == 0 and len(model.graph.output) == 0):
+        raise InputError(f"{p} parses as protobuf but holds no ONNX graph; pass a valid .onnx file")
+    if load_external and _uses_external_data(model):
+        try:
+            onnx.load_external_data_for_model(model, str(p.parent))
+        except (FileNotFoundError, OSError, onnx.checker.ValidationError) as exc:
+            raise InputError(
+                f"{p} refers to external data that cannot be read ({_first_line(exc)}); keep the .data file beside the model"
+            ) from None
+    opset = model_opset(model)
+    if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InputError(f"{p} uses opset {opset}, outside the supported {MIN_OPSET}..{MAX_OPSET}; re-export with --opset 17")
+    if check:
+        try:
+            # Large models: check by path (the checker cannot take >2GB protos in memory).
+            if model.ByteSize() > MAX_PROTOBUF or _uses_external_data(model):
+                onnx.checker.check_model(str(p))
+            else:
+                onnx.checker.check_model(model)
+        except (onnx.checker.ValidationError, ValueError) as exc:
+            raise InputError(f"{p} fails onnx.checker ({_first_line(exc)}); fix or re-export the model") from None
+    return model
+
+
+def model_opset(model: onnx.ModelProto) -> int | None:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return None
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(model)
+    )
+
+
+def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Save atomically. Models over 2 GB go to `<name>.data` beside the file (written first, then the .onnx)."""
+    p = Path(path)
+    _check_writable_dir(p)
+    if model.ByteSize() < MAX_PROTOBUF and not _uses_external_data(model):
+        atomic_write_bytes(p, model.SerializeToString())
+        return p
+    # External data: write both into a temp folder in the same directory, then rename data, then model.
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
+    try:
+        data_name = p.name + ".data"
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        onnx.save_model(m, str(tmpdir / p.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        os.replace(tmpdir / data_name, p.parent / data_name)
+        os.replace(tmpdir / p.name, p)
+    finally:
+        for f in tmpdir.glob("*"):
+            f.unlink(missing_ok=True)
+        tmpdir.rmdir()
+    return p
+
+
+def model_size(path: str | Path) -> int:
+    """Bytes on disk including an external data file written beside it."""
+    p = Path(path)
+    size = p.stat().st_size
+    data = p.parent / (p.name + ".data")
+    return size + (data.stat().st_size if data.exists() else 0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,0 +1,145 @@
+"""The stages in order (simplify -> prune -> quantize -> validate -> bench), one record per stage."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import onnx
+
+from .config import PipelineConfig, to_dict
+from .data import Dataset, input_specs, load_data
+from .errors import InputError
+from .evaluate.bench import time_sessions
+from .evaluate.compare import compare_outputs
+from .evaluate.runner import make_session, run_dataset
+from .io import check_output_path, load_model, model_size, save_model
+from .passes.base import PassRecord
+from .stats import model_stats
+
+REPORT_VERSION = 1
+
+
+@dataclass
+class Stage:
+    name: str
+    path: Path
+    record: Optional[PassRecord] = None
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "seconds": round(self.seconds, 3),
+                "metrics": self.metrics, "record": self.record.to_dict() if self.record else None}
+
+
+def _bench_feed(model_path: Path, data: Optional[Dataset], batch: int) -> dict:
+    import numpy as np
+
+    from .data import random_data
+
+    model = load_model(model_path, check=False)
+    specs = input_specs(model)
+    src = data if data is not None else random_data(specs, batch)
+    b = next(src.batches(batch))
+    if len(next(iter(b.values()))) < batch:  # repeat samples to fill the batch
+        b = {k: np.resize(v, (batch,) + v.shape[1:]) for k, v in b.items()}
+    return b
+
+
+def benchmark(paths: dict[str, Path], data: Optional[Dataset], config, provider: str = "cpu") -> dict[str, dict]:
+    """Interleaved latency of several models at each batch size and thread count; first model = baseline."""
+    results: dict[str, dict] = {name: {} for name in paths}
+    for threads in config.threads:
+        for batch in config.batch_sizes:
+            sessions = {n: make_session(p, provider, threads=threads) for n, p in paths.items()}
+            feeds = {n: _bench_feed(p, data, batch) for n, p in paths.items()}
+            timings = time_sessions(sessions, feeds, config.warmup, config.runs, config.time_budget)
+            base = None
+            for n, t in timings.items():
+                s = t.summary(batch)
+                base = base or s["median_ms"]
+                s["speedup"] = base / s["median_ms"] if s["median_ms"] > 0 else float("inf")
+                results[n][f"{provider}/t{threads}/b{batch}"] = s
+    return results
+
+
+def convert(model_path: str | Path, out_dir: str | Path, config: PipelineConfig,
+            calibration: Optional[str | Path] = None, validation: Optional[str | Path] = None,
+            progress=None) -> dict[str, Any]:
+    """Run the pipeline; writes the stage models and report.json into out_dir and returns the report."""
+    config.validate()
+    say = progress or (lambda msg: None)
+    src = Path(model_path)
+    model = load_model(src)
+    specs = input_specs(model)
+    calib = load_data(calibration, specs) if calibration else None
+    val = load_data(validation, specs) if validation else None
+    if config.quant.enabled and config.quant.mode != "dynamic" and calib is None:
+        raise InputError("static quantization needs calibration data; pass --calibration DATA.npz or --mode dynamic")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output folder {out} is a file; choose a folder path for -o")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = src.stem
+    check_output_path(out / f"{stem}.int8.onnx", src)
+
+    stages = [Stage("fp32", src)]
+    current = model
+    if config.simplify.enabled:
+        from .passes.simplify import simplify
+
+        say("simplify")
+        t0 = time.perf_counter()
+        current, rec = simplify(current)
+        stages.append(Stage("simplified", save_model(current, out / f"{stem}.simplified.onnx"), rec, time.perf_counter() - t0))
+    if config.prune.enabled:
+        from .passes.prune import prune_model
+
+        say("prune")
+        t0 = time.perf_counter()
+        batches = list(calib.batches(config.quant.batch_size, 256)) if (calib and config.prune.reconstruct) else None
+        current, rec = prune_model(current, config.prune, calibration=batches)
+        stages.append(Stage("pruned", save_model(current, out / f"{stem}.pruned.onnx"), rec, time.perf_counter() - t0))
+    if config.quant.enabled:
+        from .quant.qdq import quantize
+
+        say("quantize")
+        t0 = time.perf_counter()
+        current, rec = quantize(current, calib, config.quant)
+        stages.append(Stage("int8", save_model(current, out / f"{stem}.int8.onnx"), rec, time.perf_counter() - t0))
+
+    say("validate")
+    ref_out = None
+    for st in stages:
+        m = load_model(st.path, check=False)
+        st.metrics.update(model_stats(m))
+        st.metrics["size_bytes"] = model_size(st.path)
+        if val is not None:
+            sess = make_session(st.path, optimize=True)
+            outs = run_dataset(sess, val, config.validate_.batch_size, config.validate_.max_samples)
+            if ref_out is None:
+                ref_out = outs
+            labels = None if val.labels is None else val.labels[: len(next(iter(outs.values())))]
+            cmp = compare_outputs(ref_out, outs, labels)
+            first = next(iter(cmp["outputs"].values()))
+            st.metrics.update({k: first[k] for k in ("agreement", "cosine", "sqnr_db") if k in first})
+            if labels is not None:
+                st.metrics["top1"] = cmp["candidate_top1"]
+                st.metrics["top5"] = cmp["candidate_top5"]
+    say("bench")
+    bench = benchmark({st.name: st.path for st in stages}, val or calib, config.bench)
+    for st in stages:
+        st.metrics["latency"] = bench[st.name]
+        first_key = next(iter(bench[st.name]))
+        st.metrics["latency_ms"] = bench[st.name][first_key]["median_ms"]
+        st.metrics["speedup"] = bench[st.name][first_key]["speedup"]
+    report = {"version": REPORT_VERSION, "model": str(src), "config": to_dict(config),
+              "calibration": str(calibration) if calibration else None,
+              "validation": str(validation) if validation else None,
+              "stages": [st.to_dict() for st in stages]}
+    from .report import write_reports
+
+    report["files"] = [str(p) for p in write_reports(report, out)]
+    return report

@@ -1,0 +1,1 @@
+"""Quantization: target detection, calibration, QDQ int8 via onnxruntime.quantization."""

@@ -1,0 +1,111 @@
+"""Static post-training quantization into QDQ int8 graphs via onnxruntime.quantization.
+
+ORT does the QDQ insertion (we don't rewrite it); we choose the settings for the target, pre-process
+(shape inference, BN folding), feed the calibration data, and refuse non-finite scales.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from ..data import Dataset
+from ..errors import InputError
+from ..io import MAX_PROTOBUF
+from ..passes.base import PassRecord
+from .target import choose
+
+_QTYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+_METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, batches: Iterator[dict[str, np.ndarray]]):
+        self._it = batches
+
+    def get_next(self) -> Optional[dict[str, np.ndarray]]:
+        return next(self._it, None)
+
+
+def _preprocess(model: onnx.ModelProto, tmp: Path) -> Path:
+    src, dst = tmp / "in.onnx", tmp / "pre.onnx"
+    big = model.ByteSize() > MAX_PROTOBUF
+    onnx.save_model(model, str(src), save_as_external_data=big, location="in.onnx.data")
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, save_as_external_data=big,
+                      external_data_location="pre.onnx.data")
+    return dst
+
+
+def quantize(model: onnx.ModelProto, calibration: Optional[Dataset], config) -> tuple[onnx.ModelProto, PassRecord]:
+    """Quantize `model` (config: QuantConfig). Static needs calibration data; dynamic does not."""
+    rec = PassRecord("quantize")
+    choice = choose(config.target, config.activation_type, config.weight_type, config.reduce_range, config.per_channel)
+    rec.stats["target"] = choice.to_dict()
+    mode = "static" if config.mode == "auto" else config.mode
+    rec.stats["mode"] = mode
+    with tempfile.TemporaryDirectory(prefix="onnxcompress-q-") as d:
+        tmp = Path(d)
+        pre = _preprocess(model, tmp)
+        out = tmp / "q.onnx"
+        big = model.ByteSize() > MAX_PROTOBUF
+        common = dict(per_channel=choice.per_channel, reduce_range=choice.reduce_range,
+                      weight_type=_QTYPES[choice.weight_type], use_external_data_format=big)
+        if mode == "dynamic":
+            quantize_dynamic(str(pre), str(out), op_types_to_quantize=list(config.op_types) or None,
+                             nodes_to_exclude=list(config.exclude) or None, **common)
+        else:
+            if calibration is None:
+                raise InputError("static quantization needs calibration data; pass --calibration DATA.npz (or use --mode dynamic)")
+            n = min(len(calibration), config.calibration_samples)
+            rec.stats["calibration_samples"] = n
+            rec.stats["calibration_method"] = config.calibration
+            quantize_static(
+                str(pre), str(out), _Reader(calibration.batches(config.batch_size, n)),
+                quant_format=QuantFormat.QDQ, activation_type=_QTYPES[choice.activation_type],
+                calibrate_method=_METHODS[config.calibration],
+                op_types_to_quantize=list(config.op_types) or None,
+                nodes_to_exclude=list(config.exclude) or None,
+                extra_options={"CalibMovingAverage": False, "CalibPercentile": config.percentile},
+                **common,
+            )
+        qmodel = onnx.load(str(out))
+    check_finite_scales(qmodel)
+    counts = _count_q(qmodel)
+    rec.stats.update(counts)
+    rec.changed = [f"{k}={v}" for k, v in counts.items()]
+    if config.exclude:
+        for name in config.exclude:
+            rec.skip(name, "excluded: kept in FP32 by request")
+    return qmodel, rec
+
+
+def check_finite_scales(model: onnx.ModelProto) -> None:
+    """Refuse a model with a NaN/Inf/zero quantization scale, naming the tensor."""
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1 and node.input[1] in inits:
+            scale = onnx.numpy_helper.to_array(inits[node.input[1]])
+            if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+                raise InputError(
+                    f"quantization produced a non-finite or zero scale for tensor '{node.input[0]}'; "
+                    "check the calibration data for Inf/NaN or exclude that node"
+                )
+
+
+def _count_q(model: onnx.ModelProto) -> dict[str, int]:
+    ops = [n.op_type for n in model.graph.node]
+    return {"quantize_nodes": ops.count("QuantizeLinear"), "dequantize_nodes": ops.count("DequantizeLinear"),
+            "dynamic_quant_nodes": ops.count("DynamicQuantizeLinear") + ops.count("MatMulInteger")}

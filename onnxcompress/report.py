@@ -1,0 +1,55 @@
+"""Per-stage records -> report.json (and a readable table for the terminal)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_write_bytes
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no inf/nan: write them as strings so every parser accepts the file."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def to_json(report: dict[str, Any]) -> str:
+    return json.dumps(_clean(report), indent=2, sort_keys=False)
+
+
+def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    path = Path(out_dir) / "report.json"
+    atomic_write_bytes(path, (to_json(report) + "\n").encode())
+    return [path]
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def stage_table(report: dict[str, Any]) -> str:
+    """Plain-text table: one row per stage with size, top-1, latency and ratios against FP32."""
+    stages = report["stages"]
+    base = stages[0]["metrics"]
+    head = ["stage", "size", "size x", "params", "top-1 %", "agree %", "latency ms", "speedup"]
+    rows = [head]
+    for st in stages:
+        m = st["metrics"]
+        rows.append([
+            st["name"], _mb(m["size_bytes"]), f"{m['size_bytes'] / base['size_bytes']:.2f}",
+            f"{m.get('params', 0):,}",
+            f"{m['top1']:.2f}" if "top1" in m else "-",
+            f"{m['agreement']:.2f}" if "agreement" in m else "-",
+            f"{m['latency_ms']:.3f}", f"{m['speedup']:.2f}x",
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
