@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import onnx
 
 from .config import PipelineConfig, to_dict
 from .data import Dataset, input_specs, load_data

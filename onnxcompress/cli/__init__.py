@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import stages
+from . import evaluate, export, quant, stages
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,5 +13,6 @@ def main() -> None:
     """Turn a trained model into a small, fast, verified ONNX model."""
 
 
-for _cmd in stages.COMMANDS:
-    main.add_command(_cmd)
+for _module in (export, stages, quant, evaluate):
+    for _cmd in _module.COMMANDS:
+        main.add_command(_cmd)

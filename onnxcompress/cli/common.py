@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import functools
 import sys
-from pathlib import Path
-
 import click
 
 from ..errors import OnnxCompressError
@@ -38,5 +36,8 @@ def emit(as_json: bool, payload: dict, text: str) -> None:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 
 
-def existing(path: str) -> Path:
-    return Path(path)
+def csv_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers, e.g. 1,8") from None
