@@ -91,7 +91,20 @@ def load_model(path: str | Path, *, check: bool = True, load_external: bool = Tr
                 onnx.checker.check_model(model)
         except (onnx.checker.ValidationError, ValueError) as exc:
             raise InputError(f"{p} fails onnx.checker ({_first_line(exc)}); fix or re-export the model") from None
+        check_finite_weights(model, p)
     return model
+
+
+def check_finite_weights(model: onnx.ModelProto, where: str | Path = "model") -> None:
+    """NaN/Inf in a weight poisons every later stage (quantization asserts deep inside ORT): refuse early."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
+            arr = numpy_helper.to_array(init)
+            if not np.isfinite(arr.astype(np.float32, copy=False)).all():
+                raise InputError(f"{where}: weight '{init.name}' holds NaN/Inf values; fix or re-export the model")
 
 
 def model_opset(model: onnx.ModelProto) -> int | None:
