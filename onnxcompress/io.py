@@ -18,7 +18,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, rename: readers see the old file or the new one."""
     path = Path(path)
     _check_writable_dir(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise InputError(f"cannot write into {path.parent} ({exc.strerror or exc}); choose another output folder") from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
@@ -26,6 +29,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"cannot write {path} ({exc.strerror or exc}); choose another output path") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -39,6 +45,8 @@ def _umask() -> int:
 
 def _check_writable_dir(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"output folder {parent} is a file; choose an output path inside a folder")
     if not parent.exists():
         raise InputError(f"output folder {parent} does not exist; create it first or choose another -o path")
     if not os.access(parent, os.W_OK):

@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -80,10 +81,13 @@ def load_weights(path: str | Path) -> dict:
         except (SafetensorError, OSError, ValueError) as exc:
             raise InputError(f"{p} is not a valid safetensors file ({exc}); re-save the weights") from None
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError/RuntimeError/...; all mean "refused"
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{p} cannot be loaded safely with torch.load(weights_only=True) ({first}); "
+        what = "it holds code or objects other than tensors" if "Unsupported" in str(exc) or "GLOBAL" in str(exc) \
+            else f"{type(exc).__name__}"
+        raise InputError(f"{p} cannot be loaded safely with torch.load(weights_only=True) ({what}); "
                          "save a plain state_dict (torch.save(model.state_dict(), path)) or use .safetensors") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
