@@ -22,8 +22,11 @@ def _weights(model: onnx.ModelProto) -> list[onnx.TensorProto]:
 
 def count_params(model: onnx.ModelProto) -> int:
     """Elements of float and int8 weight tensors (a quantized weight counts once, not with its scale)."""
+    qparams = {i for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for i in n.input[1:]}
     total = 0
     for t in _weights(model):
+        if t.name in qparams:
+            continue
         if t.data_type in _FLOAT | _INT8:
             n = int(np.prod(t.dims)) if t.dims else 1
             total += n if n > 1 else 0  # scalars (scales, zero points, eps) are not parameters
