@@ -1,0 +1,161 @@
+"""Graph index and channel bookkeeping for channel pruning.
+
+Every tracked tensor carries, for its channel axis, one channel id per position. Ops that couple
+channels (residual Add, depthwise Conv, elementwise ops) unite ids in a union-find; Concat
+concatenates id lists, Split/Slice cut them, Flatten repeats each id once per spatial element. A
+channel group is then a union-find class: removing it removes every position carrying it, in every
+tensor, at once. Each position also carries the constant value the channel holds when that is known
+(NaN = data-dependent), so dead channels whose bias is non-zero can be folded into consumers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+@dataclass
+class Channels:
+    """Channel ids (and known constant values) of one tensor along `axis` (negative = from the end)."""
+
+    axis: int
+    ids: np.ndarray  # int64, one per position
+    const: np.ndarray  # float64, NaN where data-dependent
+
+    def __post_init__(self) -> None:
+        assert len(self.ids) == len(self.const)
+
+
+@dataclass
+class Read:
+    """A consumer that reads channels as inputs (Conv/Gemm/MatMul in-channels): dead channels it reads
+    must hold known constants, which are folded into its bias (`exact` False when the fold is approximate)."""
+
+    node: onnx.NodeProto
+    tensor: str
+    exact_fold: bool
+    can_fold: bool
+
+
+def materialize_constants(model: onnx.ModelProto) -> int:
+    """Replace Identity(initializer) nodes (the TorchScript exporter's de-duplication of equal weights)
+    by initializers of their own, so each weight belongs to one node and can be sliced. Exact."""
+    inits = {i.name: i for i in model.graph.initializer}
+    graph_outputs = {o.name for o in model.graph.output}
+    done = 0
+    for node in list(model.graph.node):
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in graph_outputs:
+            t = onnx.TensorProto()
+            t.CopyFrom(inits[node.input[0]])
+            t.name = node.output[0]
+            model.graph.initializer.append(t)
+            inits[t.name] = model.graph.initializer[-1]
+            model.graph.node.remove(node)
+            done += 1
+    if done:
+        used = {i for n in model.graph.node for i in n.input} | graph_outputs
+        for init in list(model.graph.initializer):
+            if init.name not in used:
+                model.graph.initializer.remove(init)
+        for inp in list(model.graph.input):  # old-style models list initializers as inputs too
+            if inp.name in inits and inp.name not in used:
+                model.graph.input.remove(inp)
+    return done
+
+
+class GraphIndex:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        g = model.graph
+        self.inits: dict[str, onnx.TensorProto] = {i.name: i for i in g.initializer}
+        self.const_nodes: dict[str, onnx.NodeProto] = {}
+        for n in g.node:
+            if n.op_type == "Constant" and any(a.name == "value" for a in n.attribute):
+                self.const_nodes[n.output[0]] = n
+        self.producer: dict[str, onnx.NodeProto] = {o: n for n in g.node for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in g.node:
+            for i in n.input:
+                if i:
+                    self.consumers.setdefault(i, []).append(n)
+        self.graph_outputs = {o.name for o in g.output}
+        self.shapes: dict[str, list[Optional[int]]] = {}
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        except Exception:  # noqa: BLE001 - without shapes, nodes that need them are blocked with a reason
+            inferred = model
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+            if vi.type.tensor_type.HasField("shape"):
+                self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None
+                                        for d in vi.type.tensor_type.shape.dim]
+        for name, t in self.inits.items():
+            self.shapes[name] = list(t.dims)
+
+    def const(self, name: str) -> Optional[np.ndarray]:
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        n = self.const_nodes.get(name)
+        if n is not None:
+            return numpy_helper.to_array(next(a.t for a in n.attribute if a.name == "value"))
+        return None
+
+    def set_const(self, name: str, value: np.ndarray) -> None:
+        if name in self.inits:
+            self.inits[name].CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(self.inits[name]).dtype), name))
+        else:
+            attr = next(a for a in self.const_nodes[name].attribute if a.name == "value")
+            attr.t.CopyFrom(numpy_helper.from_array(value, name))
+
+    def uses(self, name: str) -> int:
+        return len(self.consumers.get(name, []))
+
+    def rank(self, name: str) -> Optional[int]:
+        s = self.shapes.get(name)
+        return None if s is None else len(s)
+
+
+@dataclass
+class ChannelContext:
+    """Union-find over channel ids, the tracked tensors, blocks with reasons, and consumer reads."""
+
+    index: GraphIndex
+    exact: bool = True
+    parent: list[int] = field(default_factory=list)
+    tensors: dict[str, Channels] = field(default_factory=dict)
+    blocked: dict[int, tuple[str, str]] = field(default_factory=dict)  # id -> (target, reason)
+    reads: list[Read] = field(default_factory=list)
+    producers: list[tuple[onnx.NodeProto, str, np.ndarray]] = field(default_factory=list)  # node, weight, ids
+
+    def new_ids(self, n: int) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return root
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            ra, rb = self.find(x), self.find(y)
+            if ra != rb:
+                self.parent[rb] = ra
+
+    def block(self, ids: np.ndarray, target: str, reason: str) -> None:
+        for i in ids.tolist():
+            self.blocked.setdefault(i, (target, reason))
+
+    def block_tensor(self, name: str, target: str, reason: str) -> None:
+        ch = self.tensors.get(name)
+        if ch is not None:
+            self.block(ch.ids, target, reason)
+
+    def roots(self, ids: np.ndarray) -> np.ndarray:
+        return np.fromiter((self.find(i) for i in ids.tolist()), dtype=np.int64, count=len(ids))
