@@ -7,37 +7,28 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import onnx
 from onnxruntime.quantization import (
-    CalibrationDataReader,
     CalibrationMethod,
     QuantFormat,
     QuantType,
     quantize_dynamic,
     quantize_static,
 )
+from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..data import Dataset
 from ..errors import InputError
 from ..io import MAX_PROTOBUF
 from ..passes.base import PassRecord
+from .calibrate import calibrate
 from .target import choose
 
 _QTYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-_METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-            "entropy": CalibrationMethod.Entropy}
-
-
-class _Reader(CalibrationDataReader):
-    def __init__(self, batches: Iterator[dict[str, np.ndarray]]):
-        self._it = batches
-
-    def get_next(self) -> Optional[dict[str, np.ndarray]]:
-        return next(self._it, None)
 
 
 def _preprocess(model: onnx.ModelProto, tmp: Path) -> Path:
@@ -70,19 +61,23 @@ def quantize(model: onnx.ModelProto, calibration: Optional[Dataset], config) -> 
             if calibration is None:
                 raise InputError("static quantization needs calibration data; pass --calibration DATA.npz (or use --mode dynamic)")
             n = min(len(calibration), config.calibration_samples)
-            rec.stats["calibration_samples"] = n
-            rec.stats["calibration_method"] = config.calibration
+            pre_model = onnx.load(str(pre))
+            cal = calibrate(pre_model, calibration.batches(config.batch_size, n), config.calibration, config.percentile)
+            rec.stats["calibration"] = cal.to_dict()
+            cache = tmp / "ranges.json"
+            save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
+                k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in cal.ranges.items()
+            }), cache)
             quantize_static(
-                str(pre), str(out), _Reader(calibration.batches(config.batch_size, n)),
+                str(pre), str(out), None, calibration_cache_path=str(cache),
                 quant_format=QuantFormat.QDQ, activation_type=_QTYPES[choice.activation_type],
-                calibrate_method=_METHODS[config.calibration],
+                calibrate_method=CalibrationMethod.MinMax,
                 op_types_to_quantize=list(config.op_types) or None,
                 nodes_to_exclude=list(config.exclude) or None,
                 # QuantizeBias=False: ORT still fuses into QLinearConv (it quantizes the float bias at
                 # session init; measured: same kernels, same latency), the file loses the per-channel
                 # bias scales and DequantizeLinear nodes (-5% on the bundled model), and the bias is exact.
-                extra_options={"CalibMovingAverage": False, "CalibPercentile": config.percentile,
-                               "QuantizeBias": False},
+                extra_options={"QuantizeBias": False},
                 **common,
             )
         qmodel = onnx.load(str(out))

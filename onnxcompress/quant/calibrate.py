@@ -1,0 +1,219 @@
+"""Streaming calibration: ranges collected batch by batch into fixed-size histograms.
+
+Why our own (ORT's calibrators are the baseline): ORT's Percentile/Entropy keep every activation of
+every sample in memory (peak memory grows with the sample count), its Entropy with default settings
+has a single candidate threshold (128 bins for 128 levels), it crashes when samples differ in shape,
+and MinMax writes infinite ranges when a tensor holds -inf (attention masks). Here memory is flat in
+the number of samples (one batch of activations plus B bins per tensor), samples may differ in shape,
+non-finite values are counted and ignored, and a tensor with no finite value is refused by name.
+The ranges go to ORT's QDQ quantizer through its calibration cache: we do not rewrite QDQ insertion.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..errors import InputError
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+
+
+class Histogram:
+    """Signed histogram over [-R, R] with a fixed number of bins. When data exceeds R, R doubles
+    (as often as needed) and pairs of old bins merge: rebinning is exact and the size never grows."""
+
+    def __init__(self, bins: int = 4096):
+        assert bins % 2 == 0
+        self.bins = bins
+        self.radius = 0.0
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self.lo = np.inf
+        self.hi = -np.inf
+
+    def _grow(self, need: float) -> None:
+        if self.radius == 0.0:
+            self.radius = float(2.0 ** np.ceil(np.log2(need))) if need > 0 else 1.0
+            return
+        while self.radius < need:
+            half = self.bins // 2
+            merged = self.counts.reshape(-1, 2).sum(axis=1)  # bins / 2 bins of double width
+            new = np.zeros_like(self.counts)
+            new[half // 2: half // 2 + half] = merged
+            self.counts = new
+            self.radius *= 2.0
+
+    def update(self, x: np.ndarray) -> None:
+        if x.size == 0:
+            return
+        self.lo = min(self.lo, float(x.min()))
+        self.hi = max(self.hi, float(x.max()))
+        need = max(abs(self.lo), abs(self.hi))
+        if need > self.radius or self.radius == 0.0:
+            self._grow(need)
+        width = 2 * self.radius / self.bins
+        idx = np.clip(((x.astype(np.float64) + self.radius) / width).astype(np.int64), 0, self.bins - 1)
+        self.counts += np.bincount(idx.ravel(), minlength=self.bins)
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(-self.radius, self.radius, self.bins + 1)
+
+    def percentile_range(self, p: float) -> tuple[float, float]:
+        """[lo, hi] holding p% of the values at each tail (asymmetric: fits uint8 after ReLU)."""
+        total = self.counts.sum()
+        cdf = np.cumsum(self.counts) / total
+        edges = self.edges
+        tail = (100.0 - p) / 100.0
+        lo_i = int(np.searchsorted(cdf, tail, side="left"))
+        hi_i = int(np.searchsorted(cdf, 1.0 - tail, side="left"))
+        lo = max(self.lo, float(edges[lo_i]))
+        hi = min(self.hi, float(edges[min(hi_i + 1, self.bins)]))
+        return lo, hi
+
+    def entropy_range(self, levels: int = 128, stride: int = 4) -> tuple[float, float]:
+        """KL-divergence-optimal thresholds (TensorRT's method), found for each sign separately so an
+        asymmetric tensor (a normalized image, a ReLU output) is not folded onto the wrong side."""
+        half = self.bins // 2
+        width = self.radius / half
+        hi = _kl_threshold(self.counts[half:].astype(np.float64), levels, stride) * width
+        lo = _kl_threshold(self.counts[:half][::-1].astype(np.float64), levels, stride) * width
+        return max(self.lo, -lo), min(self.hi, hi)
+
+
+def _kl_threshold(h: np.ndarray, levels: int, stride: int) -> int:
+    """Number of bins of a one-sided histogram to keep, minimizing KL(reference || quantized)."""
+    h = h.copy()
+    h[0] = 0.0  # the spike of exact zeros (ReLU outputs) is represented exactly; it must not steer the threshold
+    nz = np.nonzero(h)[0]
+    if nz.size == 0:
+        return 0
+    last = int(nz[-1]) + 1
+    if last <= levels:
+        return last
+    best, best_i = np.inf, last
+    for i in list(range(levels, last, stride)) + [last]:
+        ref = h[:i].copy()
+        ref[-1] += h[i:].sum()  # outliers are clipped into the last bin
+        group = (np.arange(i) * levels) // i
+        mass = np.bincount(group, weights=h[:i], minlength=levels)
+        nonzero = (h[:i] > 0).astype(np.float64)
+        cnt = np.bincount(group, weights=nonzero, minlength=levels)
+        q = np.where(nonzero > 0, (mass / np.maximum(cnt, 1))[group], 0.0)
+        p_ = ref / ref.sum()
+        q_ = q / q.sum() if q.sum() > 0 else q
+        mask = p_ > 0
+        kl = float(np.sum(p_[mask] * np.log(p_[mask] / np.maximum(q_[mask], 1e-12))))
+        if kl < best:
+            best, best_i = kl, i
+    return best_i
+
+
+@dataclass
+class TensorStats:
+    name: str
+    lo: float = np.inf
+    hi: float = -np.inf
+    nonfinite: int = 0
+    seen: int = 0
+    hist: Optional[Histogram] = None
+
+    def update(self, x: np.ndarray) -> None:
+        x = x.reshape(-1)
+        self.seen += x.size
+        finite = np.isfinite(x)
+        if not finite.all():
+            self.nonfinite += int((~finite).sum())
+            x = x[finite]
+        if x.size:
+            self.lo = min(self.lo, float(x.min()))
+            self.hi = max(self.hi, float(x.max()))
+            if self.hist is not None:
+                self.hist.update(x)
+
+
+@dataclass
+class CalibrationResult:
+    ranges: dict[str, tuple[float, float]]
+    method: str
+    samples: int
+    batches: int
+    nonfinite: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "samples": self.samples, "batches": self.batches, "tensors": len(self.ranges),
+                "nonfinite_values_ignored": self.nonfinite}
+
+
+def tensors_to_calibrate(model: onnx.ModelProto) -> list[str]:
+    """Float activations: graph inputs and node outputs (ORT asks for ranges of these)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    inits = {i.name for i in model.graph.initializer}
+    names: list[str] = []
+    for vi in model.graph.input:
+        if vi.name not in inits and types.get(vi.name) in FLOAT_TYPES:
+            names.append(vi.name)
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            continue
+        for o in n.output:
+            if o and types.get(o) in FLOAT_TYPES and o not in names:
+                names.append(o)
+    return names
+
+
+def _augmented(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy whose outputs are exactly `names` (ORT computes only what they need)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    return m
+
+
+def calibrate(model: onnx.ModelProto, batches: Iterable[dict[str, np.ndarray]], method: str = "minmax",
+              percentile: float = 99.999, bins: int = 4096, max_outputs_per_run: int = 256,
+              providers: Optional[list[str]] = None) -> CalibrationResult:
+    """Collect ranges for every float activation, one model run per batch (per chunk of tensors)."""
+    names = tensors_to_calibrate(model)
+    stats = {n: TensorStats(n, hist=Histogram(bins) if method in ("percentile", "entropy") else None) for n in names}
+    input_names = {i.name for i in model.graph.input}
+    outputs = [n for n in names if n not in input_names]
+    chunks = [outputs[i:i + max_outputs_per_run] for i in range(0, len(outputs), max_outputs_per_run)] or [[]]
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sessions = [ort.InferenceSession(_augmented(model, c).SerializeToString(), opts,
+                                     providers=providers or ["CPUExecutionProvider"]) for c in chunks]
+    samples = nb = 0
+    for batch in batches:
+        nb += 1
+        samples += len(next(iter(batch.values())))
+        for name in input_names & set(stats):
+            stats[name].update(batch[name])
+        for sess, chunk in zip(sessions, chunks):
+            if chunk:
+                for name, value in zip(chunk, sess.run(chunk, batch)):
+                    stats[name].update(value)
+    if nb == 0:
+        raise InputError("calibration data has no batches; provide at least one sample")
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, st in stats.items():
+        if st.seen and st.lo > st.hi:
+            raise InputError(f"tensor '{name}' has no finite values on the calibration data; "
+                             "check the data or exclude the node that produces it")
+        if not st.seen:
+            continue
+        if method == "percentile":
+            lo, hi = st.hist.percentile_range(percentile)
+        elif method == "entropy":
+            lo, hi = st.hist.entropy_range()
+        else:
+            lo, hi = st.lo, st.hi
+        ranges[name] = (min(lo, 0.0), max(hi, 0.0))
+    return CalibrationResult(ranges, method, samples, nb, {n: s.nonfinite for n, s in stats.items() if s.nonfinite})
