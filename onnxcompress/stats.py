@@ -61,10 +61,17 @@ def count_macs(model: onnx.ModelProto) -> tuple[int, list[str]]:
     """Per-sample multiply-accumulates of Conv/ConvTranspose/Gemm/MatMul (+ their int8 kernels).
 
     Returns (macs, names of nodes whose shapes were unknown and so were not counted)."""
+    per_node, unknown = node_macs(model)
+    return sum(per_node.values()), unknown
+
+
+def node_macs(model: onnx.ModelProto) -> tuple[dict[str, int], list[str]]:
+    """MACs per compute node (keyed by node name, or first output when unnamed), and unknown nodes."""
     shapes = _shapes(model)
     unknown: list[str] = []
-    macs = 0
+    result: dict[str, int] = {}
     for n in model.graph.node:
+        key = n.name or n.output[0]
         op = n.op_type
         if op in ("Conv", "ConvTranspose", "QLinearConv", "ConvInteger"):
             w_name = n.input[3] if op == "QLinearConv" else n.input[1]
@@ -78,9 +85,9 @@ def count_macs(model: onnx.ModelProto) -> tuple[int, list[str]]:
                 if not inp:
                     unknown.append(n.name or n.output[0])
                     continue
-                macs += int(np.prod(inp[2:])) * int(np.prod(w))  # every input pixel scatters a kernel
+                result[key] = int(np.prod(inp[2:])) * int(np.prod(w))  # every input pixel scatters a kernel
             else:
-                macs += int(np.prod(out[1:])) * int(np.prod(w[1:]))  # out elems x (Cin/groups * k*k)
+                result[key] = int(np.prod(out[1:])) * int(np.prod(w[1:]))  # out elems x (Cin/groups * k*k)
         elif op in ("Gemm", "MatMul", "MatMulInteger", "QGemm", "QLinearMatMul"):
             a_name = n.input[0]
             b_name = n.input[3] if op in ("QGemm", "QLinearMatMul") else n.input[1]
@@ -91,8 +98,8 @@ def count_macs(model: onnx.ModelProto) -> tuple[int, list[str]]:
             trans_a = any(at.name == "transA" and at.i for at in n.attribute)
             k = a[-2] if (op == "Gemm" and trans_a) else a[-1]
             per_sample = out[1:] if len(out) >= 2 else out  # leading axis = batch
-            macs += int(np.prod(per_sample)) * int(k)
-    return macs, unknown
+            result[key] = int(np.prod(per_sample)) * int(k)
+    return result, unknown
 
 
 def model_stats(model: onnx.ModelProto) -> dict[str, Any]:

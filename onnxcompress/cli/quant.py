@@ -6,7 +6,7 @@ import click
 from .common import emit, handle_errors, json_option
 
 from ..config import QuantConfig
-from ..errors import InputError
+from ..errors import AccuracyRegression, InputError
 
 
 def _quant_options(fn):
@@ -35,10 +35,11 @@ def _quant_config(mode, target, calibration_method, per_tensor, activation_type,
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @click.option("--calibration", "-c", type=click.Path(), help="Calibration data (.npz named after the inputs).")
+@click.option("--require-fusion", type=float, help="Gate: minimum share of MACs ORT runs on int8 kernels (e.g. 0.95); exit 1 below it.")
 @_quant_options
 @json_option
 @handle_errors
-def quantize_cmd(model, output, calibration, as_json, **qopts):
+def quantize_cmd(model, output, calibration, require_fusion, as_json, **qopts):
     """Quantize MODEL to int8 QDQ (static with calibration data, or dynamic)."""
     from ..data import input_specs, load_data
     from ..io import check_output_path, load_model, save_model
@@ -52,7 +53,45 @@ def quantize_cmd(model, output, calibration, as_json, **qopts):
         raise InputError("static quantization needs calibration data; pass --calibration DATA.npz or use --mode dynamic")
     q, rec = quantize(m, data, cfg)
     save_model(q, out)
-    emit(as_json, rec.to_dict(), f"wrote {out} ({rec.stats['mode']}, {rec.stats['target']['why']})")
+    fusion = rec.stats.get("fusion", {})
+    text = f"wrote {out} ({rec.stats['mode']}, {rec.stats['target']['why']})"
+    if fusion:
+        text += (f"\nint8 kernels: {fusion['int8_nodes']}/{fusion['compute_nodes']} compute nodes, "
+                 f"{100 * fusion['int8_mac_share']:.1f}% of MACs")
+        text += "".join(f"\n  float island: {f}" for f in fusion["float_islands"])
+    emit(as_json, rec.to_dict(), text)
+    if require_fusion is not None and fusion.get("int8_mac_share", 0.0) < require_fusion:
+        raise AccuracyRegression(f"fusion gate failed: {100 * fusion.get('int8_mac_share', 0.0):.1f}% of MACs on int8 "
+                                 f"kernels < required {100 * require_fusion:.1f}%; see the float islands above")
 
 
-COMMANDS = [quantize_cmd]
+@click.command("inspect")
+@click.argument("model", type=click.Path())
+@click.option("--provider", default="cpu", show_default=True, help="Execution provider for the fusion audit.")
+@json_option
+@handle_errors
+def inspect_cmd(model, provider, as_json):
+    """Print ops, parameters, MACs and (for quantized models) the int8 fusion audit of MODEL."""
+    from ..data import input_specs
+    from ..io import load_model, model_size
+    from ..quant.audit import audit
+    from ..stats import model_stats
+
+    m = load_model(model)
+    st = model_stats(m)
+    st["size_bytes"] = model_size(model)
+    st["inputs"] = [{"name": s.name, "shape": [d if d else "?" for d in s.shape], "dtype": str(s.dtype)} for s in input_specs(m)]
+    st["outputs"] = [o.name for o in m.graph.output]
+    st["fusion"] = audit(m, provider)
+    lines = [f"{model}: {st['size_bytes'] / 1e6:.2f} MB, {st['params']:,} parameters, {st['macs']:,} MACs per sample",
+             "inputs: " + ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))} {i['dtype']}" for i in st["inputs"]),
+             "ops: " + ", ".join(f"{k} {v}" for k, v in st["ops"].items())]
+    f = st["fusion"]
+    if f.get("available"):
+        lines.append(f"{provider}: {f['int8_nodes']}/{f['compute_nodes']} compute nodes on int8 kernels, "
+                     f"{100 * f['int8_mac_share']:.1f}% of MACs")
+        lines += [f"  float: {r['node']} ({r['op']} -> {r['kernel']}, {r['macs']:,} MACs)" for r in f["float_islands"][:20]]
+    emit(as_json, st, "\n".join(lines))
+
+
+COMMANDS = [quantize_cmd, inspect_cmd]

@@ -25,6 +25,7 @@ from ..data import Dataset
 from ..errors import InputError
 from ..io import MAX_PROTOBUF
 from ..passes.base import PassRecord
+from .audit import audit
 from .calibrate import calibrate
 from .target import choose
 
@@ -82,6 +83,10 @@ def quantize(model: onnx.ModelProto, calibration: Optional[Dataset], config) -> 
             )
         qmodel = onnx.load(str(out))
     check_finite_scales(qmodel)
+    if qmodel.ByteSize() < MAX_PROTOBUF:
+        fusion = audit(qmodel)
+        rec.stats["fusion"] = {k: fusion[k] for k in ("int8_mac_share", "int8_nodes", "compute_nodes")}
+        rec.stats["fusion"]["float_islands"] = [f"{r['node']} ({r['op']} -> {r['kernel']})" for r in fusion["float_islands"]]
     counts = _count_q(qmodel)
     rec.stats.update(counts)
     rec.changed = [f"{k}={v}" for k, v in counts.items()]
