@@ -19,14 +19,16 @@ def _quant_options(fn):
         click.option("--activation-type", type=click.Choice(["auto", "uint8", "int8"]), default="auto", show_default=True),
         click.option("--samples", type=int, default=QuantConfig.calibration_samples, show_default=True, help="Calibration samples used."),
         click.option("--exclude", multiple=True, help="Node name kept in FP32; repeatable."),
+        click.option("--op-types", multiple=True, help="Only quantize these op types (default: all ORT supports); repeatable."),
     ]):
         fn = opt(fn)
     return fn
 
 
-def _quant_config(mode, target, calibration_method, per_tensor, activation_type, samples, exclude) -> QuantConfig:
+def _quant_config(mode, target, calibration_method, per_tensor, activation_type, samples, exclude, op_types) -> QuantConfig:
     cfg = QuantConfig(mode=mode, target=target, calibration=calibration_method, per_channel=not per_tensor,
-                      activation_type=activation_type, calibration_samples=samples, exclude=tuple(exclude))
+                      activation_type=activation_type, calibration_samples=samples, exclude=tuple(exclude),
+                      op_types=tuple(op_types))
     cfg.validate()
     return cfg
 

@@ -36,15 +36,25 @@ def audit(model: onnx.ModelProto, provider: str = "cpu") -> dict[str, Any]:
                     "reason": f"the {provider} execution provider compiles the graph and does not expose kernels"}
         optimized = onnx.load(opt_path)
     opt_nodes = [(n.name, n.op_type) for n in optimized.graph.node]
+    used: set[int] = set()
+
+    def match(name: str):
+        for i, (oname, op) in enumerate(opt_nodes):
+            if i not in used and (oname == name or oname.startswith((name + "_token", name + "_quant"))):
+                used.add(i)
+                return op
+        return None
+
+    compute = [n for n in model.graph.node if n.op_type in COMPUTE]
+    kernels = {id(n): match(n.name or n.output[0]) for n in compute}
+    # Unmatched nodes were rewritten under new names (NCHWc convs are named after their output, fused
+    # activations change outputs); ORT keeps a trace of the name in every int8 fusion, so these ran in
+    # float: pair them in graph order with the unmatched float compute kernels.
+    leftovers = [op for i, (_, op) in enumerate(opt_nodes) if i not in used and op in FLOAT_KERNELS]
     rows = []
-    for n in model.graph.node:
-        if n.op_type not in COMPUTE:
-            continue
+    for n in compute:
         name = n.name or n.output[0]
-        kernel = next((op for oname, op in opt_nodes if oname == name or oname.startswith(name + "_token")
-                       or oname.startswith(name + "_quant")), None)
-        if kernel is None:  # fused into a differently named node: find by output tensor
-            kernel = next((o.op_type for o in optimized.graph.node if n.output[0] in o.output), "unknown")
+        kernel = kernels[id(n)] or (leftovers.pop(0) if leftovers else "unknown")
         rows.append({"node": name, "op": n.op_type, "macs": macs.get(name, 0), "kernel": kernel,
                      "int8": kernel in INT8_KERNELS})
     total = sum(r["macs"] for r in rows)
