@@ -110,7 +110,10 @@ def check_finite_weights(model: onnx.ModelProto, where: str | Path = "model") ->
 
     for init in model.graph.initializer:
         if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
-            arr = numpy_helper.to_array(init)
+            try:
+                arr = numpy_helper.to_array(init)
+            except (ValueError, TypeError) as exc:
+                raise InputError(f"{where}: weight '{init.name}' is corrupt ({exc}); re-export the model") from None
             if not np.isfinite(arr.astype(np.float32, copy=False)).all():
                 raise InputError(f"{where}: weight '{init.name}' holds NaN/Inf values; fix or re-export the model")
 

@@ -1,4 +1,6 @@
 """Fuzzing: corrupted models and random data specs never escape as anything but our own errors."""
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +15,7 @@ from onnxcompress.io import load_model
 from onnxcompress.quant.qdq import quantize
 
 GOOD = tiny_cnn().SerializeToString()
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), derandomize=not os.environ.get("FUZZ_EXAMPLES"), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @st.composite
