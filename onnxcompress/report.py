@@ -25,9 +25,13 @@ def to_json(report: dict[str, Any]) -> str:
 
 
 def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    from .report_html import render
+
     path = Path(out_dir) / "report.json"
     atomic_write_bytes(path, (to_json(report) + "\n").encode())
-    return [path]
+    page = Path(out_dir) / "report.html"
+    atomic_write_bytes(page, render(report).encode())
+    return [path, page]
 
 
 def _mb(n: float) -> str:

@@ -70,10 +70,19 @@ def static_batch(session: ort.InferenceSession) -> Optional[int]:
 def run_dataset(session: ort.InferenceSession, data: Dataset, batch_size: int = 64,
                 limit: Optional[int] = None) -> dict[str, np.ndarray]:
     """Run every batch; outputs are concatenated along the first axis."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for outs in iter_outputs(session, data, batch_size, limit):
+        for k, v in outs.items():
+            parts.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) if v[0].ndim else v[0] for k, v in parts.items()}
+
+
+def iter_outputs(session: ort.InferenceSession, data: Dataset, batch_size: int = 64,
+                 limit: Optional[int] = None):
+    """Yield the outputs of each batch (batches may differ in shape, e.g. sequence length)."""
     fixed = static_batch(session)
     bs = fixed or batch_size
     names = [o.name for o in session.get_outputs()]
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for batch in data.batches(bs, limit):
         n = len(next(iter(batch.values())))
         if fixed and n != fixed:
@@ -84,6 +93,4 @@ def run_dataset(session: ort.InferenceSession, data: Dataset, batch_size: int = 
         except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
             msg = str(exc).strip().splitlines()[0][:300]
             raise InputError(f"running the model on {data.source} failed: {msg}; check the data shapes") from None
-        for name, out in zip(names, outs):
-            parts[name].append(out[:n] if out.ndim else out)
-    return {k: np.concatenate(v) if v and v[0].ndim else (v[0] if v else np.empty(0)) for k, v in parts.items()}
+        yield {name: (out[:n] if out.ndim else out) for name, out in zip(names, outs)}

@@ -8,14 +8,14 @@ from ..config import BenchConfig, ValidateConfig
 from ..data import load_data, random_data
 from ..io import load_model, model_size
 from .bench import time_sessions
-from .compare import compare_outputs
-from .runner import make_session, run_dataset
+from .compare import compare_batches
+from .runner import iter_outputs, make_session
 
 SCHEMA_VERSION = 1
 
 
 def validate(ref: str | Path, cand: str | Path, data: Optional[str | Path], config: ValidateConfig = ValidateConfig(),
-             provider: str = "cpu") -> dict[str, Any]:
+             provider: str = "cpu", layers: bool = False) -> dict[str, Any]:
     """Run both models on the same data, compare, and apply the gates in `config`."""
     config.validate()
     ref_model, cand_model = load_model(ref), load_model(cand)
@@ -29,11 +29,11 @@ def validate(ref: str | Path, cand: str | Path, data: Optional[str | Path], conf
         raise InputError(f"the models have different inputs ({', '.join(s.name for s in specs)} vs {', '.join(cand_names)}); compare models of the same network")
     ds = load_data(data, specs) if data else random_data(specs, 64)
     rs, cs = make_session(ref, provider), make_session(cand, provider)
-    ref_out = run_dataset(rs, ds, config.batch_size, config.max_samples)
-    cand_out = run_dataset(cs, ds, config.batch_size, config.max_samples)
-    n = len(next(iter(ref_out.values())))
+    pairs = list(zip(iter_outputs(rs, ds, config.batch_size, config.max_samples),
+                     iter_outputs(cs, ds, config.batch_size, config.max_samples)))
+    n = sum(len(next(iter(r.values()))) for r, _ in pairs)
     labels = None if ds.labels is None else ds.labels[:n]
-    result = compare_outputs(ref_out, cand_out, labels)
+    result = compare_batches(pairs, labels)
     result.update({"schema_version": SCHEMA_VERSION, "reference": str(ref), "candidate": str(cand),
                    "data": str(data) if data else "random", "samples": n,
                    "reference_size": model_size(ref), "candidate_size": model_size(cand)})
@@ -42,6 +42,10 @@ def validate(ref: str | Path, cand: str | Path, data: Optional[str | Path], conf
         t = time_sessions({"ref": rs, "cand": cs}, {"ref": feed, "cand": feed}, warmup=5, runs=BenchConfig().runs)
         r, c = t["ref"].summary(1)["median_ms"], t["cand"].summary(1)["median_ms"]
         result["latency_ratio"] = c / r if r > 0 else float("inf")
+    if layers:
+        from .layers import layer_sqnr
+
+        result["layers"] = layer_sqnr(ref_model, cand_model, ds, provider=provider)
     result["gates"] = apply_gates(result, config)
     result["passed"] = all(g["passed"] for g in result["gates"])
     return result

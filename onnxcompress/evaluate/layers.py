@@ -1,0 +1,73 @@
+"""Per-layer SQNR of a candidate (e.g. int8 QDQ) against its reference, on instrumented copies.
+
+The candidate file is never touched: copies of both models expose the intermediate tensors they share
+(for a QDQ candidate, the value after QuantizeLinear -> DequantizeLinear, which is what the int8 kernel
+sees), and we compare them tensor by tensor, worst first.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import onnx
+
+from ..data import Dataset
+from .compare import sqnr
+from .runner import make_session
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    return m
+
+
+def shared_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+    """ref tensor -> (tensor to read in cand, producing op in ref), for outputs of ref's nodes."""
+    cand_out = {o for n in cand.graph.node for o in n.output}
+    q_of = {n.input[0]: n.output[0] for n in cand.graph.node if n.op_type == "QuantizeLinear"}
+    dq_of = {n.input[0]: n.output[0] for n in cand.graph.node if n.op_type == "DequantizeLinear"}
+    pairs = {}
+    for n in ref.graph.node:
+        if n.op_type == "Constant":
+            continue
+        for o in n.output:
+            if o in cand_out:
+                seen = dq_of.get(q_of.get(o, ""), o)  # the dequantized value when the tensor is quantized
+                pairs[o] = (seen, n.op_type)
+    return pairs
+
+
+def layer_sqnr(ref: onnx.ModelProto, cand: onnx.ModelProto, data: Dataset, samples: int = 64,
+               batch_size: int = 16, provider: str = "cpu") -> list[dict[str, Any]]:
+    pairs = shared_tensors(ref, cand)
+    if not pairs:
+        return []
+    rnames = list(pairs)
+    cnames = [pairs[n][0] for n in rnames]
+    rs = make_session(_with_outputs(ref, rnames), provider, optimize=False)
+    cs = make_session(_with_outputs(cand, cnames), provider, optimize=True)
+    noise = np.zeros(len(rnames))
+    signal = np.zeros(len(rnames))
+    for batch in data.batches(batch_size, samples):
+        for i, (r, c) in enumerate(zip(rs.run(rnames, batch), cs.run(cnames, batch))):
+            r64, c64 = r.astype(np.float64), c.astype(np.float64)
+            noise[i] += float(np.sum((r64 - c64) ** 2))
+            signal[i] += float(np.sum(r64 ** 2))
+    rows = []
+    for i, name in enumerate(rnames):
+        db: Optional[float]
+        if noise[i] == 0:
+            db = float("inf")
+        elif signal[i] == 0:
+            db = float("-inf")
+        else:
+            db = float(10 * np.log10(signal[i] / noise[i]))
+        rows.append({"tensor": name, "op": pairs[name][1], "sqnr_db": db})
+    rows.sort(key=lambda r: r["sqnr_db"])
+    return rows
+
+
+__all__ = ["layer_sqnr", "shared_tensors", "sqnr"]
