@@ -48,7 +48,7 @@ class InvertedResidual(nn.Module):
 
 
 class FashionNet(nn.Module):
-    def __init__(self, width: int = 32, num_classes: int = 10):
+    def __init__(self, width: int = 24, num_classes: int = 10):
         super().__init__()
         w = width
         self.stem = conv_bn(1, w, 3)                      # 28x28
@@ -65,6 +65,6 @@ class FashionNet(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
-def build(width: int = 32) -> FashionNet:
+def build(width: int = 24) -> FashionNet:
     """Factory used by `onnxcompress export models/fashion_net.py:build`."""
     return FashionNet(width=width)

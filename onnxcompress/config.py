@@ -62,6 +62,41 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Torch-side magnitude pruning and fine-tuning with knowledge distillation."""
+
+    enabled: bool = False
+    ratio: float = 0.5  # structured: share of channels; unstructured: sparsity
+    structured: bool = True
+    criterion: str = "l2"  # filter norm: "l1" | "l2"
+    scope: str = "global"
+    align: int = 8
+    min_channels: int = 8
+    steps: int = 1  # iterative schedule: prune ratio/steps more each step, fine-tune in between
+    epochs: int = 3  # fine-tuning epochs per step
+    lr: float = 1e-3
+    batch_size: int = 64
+    temperature: float = 4.0
+    alpha: float = 0.0  # weight of cross-entropy on labels (0 = label-free distillation)
+    loss: str = "kl"  # "kl" for classifiers, "mse" on outputs for other models
+    patience: int = 2  # early stopping on the validation metric
+    freeze_bn: bool = False  # keep BatchNorm statistics fixed while fine-tuning (small data sets)
+    seed: int = 0
+    checkpoint_dir: Optional[str] = None
+
+    def validate(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"train ratio {self.ratio} is out of range; use a value in [0, 1)")
+        _choice("criterion", self.criterion, ("l1", "l2"))
+        _choice("scope", self.scope, ("global", "layer"))
+        _choice("loss", self.loss, ("kl", "mse"))
+        if self.steps < 1 or self.epochs < 0 or self.batch_size < 1 or self.temperature <= 0 or self.lr <= 0:
+            raise ConfigError("train steps, batch_size must be >= 1, epochs >= 0, temperature and lr > 0")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha {self.alpha} is out of range; use a value in [0, 1]")
+
+
+@dataclass(frozen=True)
 class QuantConfig:
     enabled: bool = True
     mode: str = "static"  # "static" | "dynamic" | "auto"
@@ -128,6 +163,7 @@ class PipelineConfig:
     validate_: ValidateConfig = field(default_factory=ValidateConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

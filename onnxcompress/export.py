@@ -102,14 +102,16 @@ def export(module, specs: list[TensorSpec], out: str | Path, config: ExportConfi
             raise ExportError("torch.onnx.export failed with every exporter: "
                               + "; ".join(f"{s.target} ({s.reason})" for s in rec.skipped))
     try:
-        onnx.checker.check_model(model, full_check=False) if model.ByteSize() < 2**31 else None
+        if model.ByteSize() < 2**31:
+            onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported model fails onnx.checker: {str(exc).splitlines()[0]}") from None
     rec.stats["opset"] = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
-    path = save_model(model, out)
-    rec.changed.append(str(path))
-    # numeric check against torch on random and on provided inputs
-    sess = make_session(path, optimize=False)
+    # numeric check against torch on random and on provided inputs, before anything is written
+    # (models over 2 GB cannot be loaded from memory: they are checked from the written file)
+    big = model.ByteSize() >= 2**31
+    path = save_model(model, out) if big else Path(out)
+    sess = make_session(path if big else model, optimize=False)
     onnx_inputs = [i.name for i in sess.get_inputs()]
     cases = [example_inputs(specs, seed=100 + i) for i in range(config.check_samples)] + list(check_inputs or [])
     worst: dict[str, float] = {"max_abs_error": 0.0, "max_rel_error": 0.0}
@@ -124,9 +126,14 @@ def export(module, specs: list[TensorSpec], out: str | Path, config: ExportConfi
             worst["max_abs_error"] = max(worst["max_abs_error"], m["max_abs_error"])
             worst["max_rel_error"] = max(worst["max_rel_error"], m["max_rel_error"])
             if not np.allclose(o, r.detach().numpy(), rtol=config.rtol, atol=config.atol * max(1.0, float(np.abs(o).max()))):
-                path.unlink(missing_ok=True)
+                if big:
+                    path.unlink(missing_ok=True)
+                    Path(str(path) + ".data").unlink(missing_ok=True)
                 raise ExportError(f"ONNX output differs from torch (max abs error {m['max_abs_error']:.3g}); "
                                   "try --exporter torchscript or a different --opset")
+    if not big:
+        save_model(model, path)
+    rec.changed.append(str(path))
     rec.stats.update(worst)
     rec.stats["checked_inputs"] = len(cases)
     return rec

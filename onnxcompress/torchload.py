@@ -113,3 +113,28 @@ def load_module(factory: str, weights: Optional[str | Path] = None):
         except RuntimeError as exc:
             raise InputError(f"weights {weights} do not fit the model from '{factory}': {str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}") from None
     return module.eval()
+
+
+def load_any(source: str, weights: Optional[str | Path] = None):
+    """A factory string (`pkg.module:fn`, `file.py:fn`), a TorchScript file, or a torch.export `.pt2`."""
+    torch = _torch()
+    p = Path(source)
+    if p.suffix == ".pt2":
+        if not p.is_file():
+            raise InputError(f"exported program {p} not found; check the path")
+        try:
+            return torch.export.load(str(p)).module()
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad archive
+            raise InputError(f"{p} is not a torch.export program ({type(exc).__name__}); save it with torch.export.save") from None
+    if p.suffix in (".ts", ".torchscript", ".jit") or (p.is_file() and ":" not in source):
+        if not p.is_file():
+            raise InputError(f"TorchScript file {p} not found; check the path")
+        try:
+            module = torch.jit.load(str(p), map_location="cpu")
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{p} is not a TorchScript archive ({type(exc).__name__}); save it with torch.jit.save, "
+                             "or pass a factory file.py:function with --weights") from None
+        if weights:
+            raise InputError("--weights goes with a factory; a TorchScript file carries its own weights")
+        return module.eval()
+    return load_module(source, weights)

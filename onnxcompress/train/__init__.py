@@ -1,0 +1,1 @@
+"""Torch side: magnitude pruning made permanent as zeros, fine-tuning with knowledge distillation."""
