@@ -20,7 +20,7 @@ from .config import ExportConfig
 from .errors import ExportError, MissingDependency
 from .evaluate.compare import output_metrics
 from .evaluate.runner import make_session
-from .io import save_model
+from .io import is_big, save_model
 from .passes.base import PassRecord
 
 
@@ -102,14 +102,14 @@ def export(module, specs: list[TensorSpec], out: str | Path, config: ExportConfi
             raise ExportError("torch.onnx.export failed with every exporter: "
                               + "; ".join(f"{s.target} ({s.reason})" for s in rec.skipped))
     try:
-        if model.ByteSize() < 2**31:
+        if not is_big(model):
             onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported model fails onnx.checker: {str(exc).splitlines()[0]}") from None
     rec.stats["opset"] = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
     # numeric check against torch on random and on provided inputs, before anything is written
     # (models over 2 GB cannot be loaded from memory: they are checked from the written file)
-    big = model.ByteSize() >= 2**31
+    big = is_big(model)
     path = save_model(model, out) if big else Path(out)
     sess = make_session(path if big else model, optimize=False)
     onnx_inputs = [i.name for i in sess.get_inputs()]

@@ -93,7 +93,7 @@ def load_model(path: str | Path, *, check: bool = True, load_external: bool = Tr
     if check:
         try:
             # Large models: check by path (the checker cannot take >2GB protos in memory).
-            if model.ByteSize() > MAX_PROTOBUF or _uses_external_data(model):
+            if is_big(model) or _uses_external_data(model):
                 onnx.checker.check_model(str(p))
             else:
                 onnx.checker.check_model(model)
@@ -118,6 +118,16 @@ def check_finite_weights(model: onnx.ModelProto, where: str | Path = "model") ->
                 raise InputError(f"{where}: weight '{init.name}' holds NaN/Inf values; fix or re-export the model")
 
 
+def is_big(model: onnx.ModelProto) -> bool:
+    """Over protobuf's 2 GiB limit (upb cannot even compute the size of such a message: that means big)."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        return model.ByteSize() > MAX_PROTOBUF
+    except EncodeError:
+        return True
+
+
 def model_opset(model: onnx.ModelProto) -> int | None:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -135,7 +145,7 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
     """Save atomically. Models over 2 GB go to `<name>.data` beside the file (written first, then the .onnx)."""
     p = Path(path)
     _check_writable_dir(p)
-    if model.ByteSize() < MAX_PROTOBUF and not _uses_external_data(model):
+    if not is_big(model) and not _uses_external_data(model):
         atomic_write_bytes(p, model.SerializeToString())
         return p
     # External data: write both into a temp folder in the same directory, then rename data, then model.

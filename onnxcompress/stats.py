@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .io import is_big
+
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 _INT8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 
@@ -34,7 +36,7 @@ def count_params(model: onnx.ModelProto) -> int:
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list]:
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True) if model.ByteSize() < 2**31 else model
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True) if not is_big(model) else model
     except Exception:  # noqa: BLE001 - shape inference failure only means fewer MACs are known
         inferred = model
     shapes: dict[str, list] = {}

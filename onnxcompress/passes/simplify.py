@@ -9,7 +9,7 @@ from collections import Counter
 
 import onnx
 
-from ..io import MAX_PROTOBUF
+from ..io import is_big
 from .base import PassRecord
 
 
@@ -17,7 +17,7 @@ def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassRecord]:
     rec = PassRecord("simplify")
     before = Counter(n.op_type for n in model.graph.node)
     rec.stats["nodes_before"] = sum(before.values())
-    if model.ByteSize() > MAX_PROTOBUF:
+    if is_big(model):
         rec.skip("model", "over 2 GB: onnxsim needs the model in one protobuf; kept as is")
         rec.stats["nodes_after"] = rec.stats["nodes_before"]
         return model, rec

@@ -10,7 +10,9 @@ The ranges go to ORT's QDQ quantizer through its calibration cache: we do not re
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
@@ -18,6 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import InputError
+from ..io import is_big
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
 
@@ -152,9 +155,25 @@ class CalibrationResult:
                 "nonfinite_values_ignored": self.nonfinite}
 
 
-def tensors_to_calibrate(model: onnx.ModelProto) -> list[str]:
+def _infer(model: onnx.ModelProto, workdir: Optional[Path]) -> onnx.ModelProto:
+    """Shape inference; models over 2 GB go through a file (protobuf cannot hold them in one message)."""
+    if workdir is None:
+        return onnx.shape_inference.infer_shapes(model)
+    src, dst = workdir / "infer_in.onnx", workdir / "infer_out.onnx"
+    onnx.save_model(_copy(model), str(src), save_as_external_data=True, location="infer_in.data")
+    onnx.shape_inference.infer_shapes_path(str(src), str(dst))
+    return onnx.load(str(dst), load_external_data=False)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def tensors_to_calibrate(model: onnx.ModelProto, workdir: Optional[Path] = None) -> list[str]:
     """Float activations: graph inputs and node outputs (ORT asks for ranges of these)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = _infer(model, workdir)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in
              list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
     inits = {i.name for i in model.graph.initializer}
@@ -173,8 +192,7 @@ def tensors_to_calibrate(model: onnx.ModelProto) -> list[str]:
 
 def _augmented(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """A copy whose outputs are exactly `names` (ORT computes only what they need)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = _copy(model)
     del m.graph.output[:]
     m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
     return m
@@ -184,7 +202,26 @@ def calibrate(model: onnx.ModelProto, batches: Iterable[dict[str, np.ndarray]], 
               percentile: float = 99.999, bins: int = 4096, max_outputs_per_run: int = 256,
               providers: Optional[list[str]] = None) -> CalibrationResult:
     """Collect ranges for every float activation, one model run per batch (per chunk of tensors)."""
-    names = tensors_to_calibrate(model)
+    big = is_big(model)
+    tmp = tempfile.TemporaryDirectory(prefix="onnxcompress-cal-") if big else None
+    workdir = Path(tmp.name) if tmp else None
+    try:
+        return _calibrate(model, batches, method, percentile, bins, max_outputs_per_run, providers, workdir)
+    finally:
+        if tmp:
+            tmp.cleanup()
+
+
+def _session(model: onnx.ModelProto, opts, providers, workdir: Optional[Path], i: int) -> ort.InferenceSession:
+    if workdir is None:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+    path = workdir / f"aug{i}.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location=f"aug{i}.data")
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+def _calibrate(model, batches, method, percentile, bins, max_outputs_per_run, providers, workdir) -> CalibrationResult:
+    names = tensors_to_calibrate(model, workdir)
     stats = {n: TensorStats(n, hist=Histogram(bins) if method in ("percentile", "entropy") else None) for n in names}
     input_names = {i.name for i in model.graph.input}
     outputs = [n for n in names if n not in input_names]
@@ -192,8 +229,8 @@ def calibrate(model: onnx.ModelProto, batches: Iterable[dict[str, np.ndarray]], 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    sessions = [ort.InferenceSession(_augmented(model, c).SerializeToString(), opts,
-                                     providers=providers or ["CPUExecutionProvider"]) for c in chunks]
+    sessions = [_session(_augmented(model, c), opts, providers or ["CPUExecutionProvider"], workdir, i)
+                for i, c in enumerate(chunks)]
     samples = nb = 0
     for batch in batches:
         nb += 1

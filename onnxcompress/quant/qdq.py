@@ -23,7 +23,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..data import Dataset
 from ..errors import InputError
-from ..io import MAX_PROTOBUF
+from ..io import is_big
 from ..passes.base import PassRecord
 from .audit import audit
 from .calibrate import calibrate
@@ -34,7 +34,7 @@ _QTYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 
 def _preprocess(model: onnx.ModelProto, tmp: Path) -> Path:
     src, dst = tmp / "in.onnx", tmp / "pre.onnx"
-    big = model.ByteSize() > MAX_PROTOBUF
+    big = is_big(model)
     onnx.save_model(model, str(src), save_as_external_data=big, location="in.onnx.data")
     quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, save_as_external_data=big,
                       external_data_location="pre.onnx.data")
@@ -52,7 +52,7 @@ def quantize(model: onnx.ModelProto, calibration: Optional[Dataset], config) -> 
         tmp = Path(d)
         pre = _preprocess(model, tmp)
         out = tmp / "q.onnx"
-        big = model.ByteSize() > MAX_PROTOBUF
+        big = is_big(model)
         common = dict(per_channel=choice.per_channel, reduce_range=choice.reduce_range,
                       weight_type=_QTYPES[choice.weight_type], use_external_data_format=big)
         if mode == "dynamic":
@@ -83,7 +83,7 @@ def quantize(model: onnx.ModelProto, calibration: Optional[Dataset], config) -> 
             )
         qmodel = onnx.load(str(out))
     check_finite_scales(qmodel)
-    if qmodel.ByteSize() < MAX_PROTOBUF:
+    if not is_big(qmodel):
         fusion = audit(qmodel)
         rec.stats["fusion"] = {k: fusion[k] for k in ("int8_mac_share", "int8_nodes", "compute_nodes")}
         rec.stats["fusion"]["float_islands"] = [f"{r['node']} ({r['op']} -> {r['kernel']})" for r in fusion["float_islands"]]
