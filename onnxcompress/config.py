@@ -83,10 +83,13 @@ class TrainConfig:
     freeze_bn: bool = False  # keep BatchNorm statistics fixed while fine-tuning (small data sets)
     seed: int = 0
     checkpoint_dir: Optional[str] = None
+    outputs: tuple[int, ...] = ()  # model outputs the loss uses (flattened order); empty = all
 
     def validate(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"train ratio {self.ratio} is out of range; use a value in [0, 1)")
+        if self.patience < 1:
+            raise ConfigError(f"patience {self.patience} is out of range; use a value >= 1")
         _choice("criterion", self.criterion, ("l1", "l2"))
         _choice("scope", self.scope, ("global", "layer"))
         _choice("loss", self.loss, ("kl", "mse"))
@@ -130,11 +133,17 @@ class ValidateConfig:
     min_agreement: Optional[float] = None
     min_cosine: Optional[float] = None
     max_size: Optional[int] = None  # bytes
-    max_latency_ratio: Optional[float] = None
+    max_latency_ratio: Optional[float] = None  # candidate / reference median latency, batch 1, 1 thread
+    require_labels: bool = False  # refuse data without labels (set when --max-drop is given explicitly)
+    layer_samples: int = 64  # samples used for per-layer SQNR
 
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ConfigError("validate batch_size must be >= 1")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"validate max_samples {self.max_samples} is out of range; use a value >= 1")
+        if self.layer_samples < 1:
+            raise ConfigError(f"validate layer_samples {self.layer_samples} is out of range; use a value >= 1")
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,10 @@ class BenchConfig:
     def validate(self) -> None:
         if self.warmup < 0 or self.runs < 1:
             raise ConfigError("bench warmup must be >= 0 and runs >= 1")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ConfigError(f"bench time_budget {self.time_budget} is out of range; give seconds > 0")
+        if not self.providers:
+            raise ConfigError("bench providers is empty; name at least one, e.g. cpu")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ConfigError("bench batch sizes must be >= 1")
         if not self.threads or min(self.threads) < 1:

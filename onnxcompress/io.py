@@ -111,10 +111,16 @@ def check_finite_weights(model: onnx.ModelProto, where: str | Path = "model") ->
     for init in model.graph.initializer:
         if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
             try:
-                arr = numpy_helper.to_array(init)
+                if init.data_type == onnx.TensorProto.FLOAT and init.raw_data:  # zero-copy view, in chunks
+                    if len(init.raw_data) != 4 * int(np.prod(init.dims)):
+                        raise ValueError(f"{len(init.raw_data)} bytes for shape {list(init.dims)}")
+                    arr = np.frombuffer(init.raw_data, dtype="<f4")
+                else:
+                    arr = numpy_helper.to_array(init).astype(np.float32, copy=False).ravel()
             except (ValueError, TypeError) as exc:
                 raise InputError(f"{where}: weight '{init.name}' is corrupt ({exc}); re-export the model") from None
-            if not np.isfinite(arr.astype(np.float32, copy=False)).all():
+            step = 1 << 24
+            if not all(np.isfinite(arr[i:i + step]).all() for i in range(0, arr.size, step)):
                 raise InputError(f"{where}: weight '{init.name}' holds NaN/Inf values; fix or re-export the model")
 
 
@@ -122,10 +128,28 @@ def is_big(model: onnx.ModelProto) -> bool:
     """Over protobuf's 2 GiB limit (upb cannot even compute the size of such a message: that means big)."""
     from google.protobuf.message import EncodeError
 
+    if sum(tensor_nbytes(t) for t in model.graph.initializer) > MAX_PROTOBUF:
+        return True
     try:
         return model.ByteSize() > MAX_PROTOBUF
     except EncodeError:
         return True
+
+
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    """Size of a tensor's data from its shape and type (touching raw_data would copy it)."""
+    import numpy as np
+
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return 0
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return 0
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n * itemsize
 
 
 def model_opset(model: onnx.ModelProto) -> int | None:
@@ -142,27 +166,60 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
 
 
 def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Save atomically. Models over 2 GB go to `<name>.data` beside the file (written first, then the .onnx)."""
+    """Save atomically. Models over 2 GB go to `<name>.data` beside the file (written first, then the .onnx).
+
+    The large model is not copied: each big tensor's bytes are written to the data file, the tensor is
+    pointed at it just long enough to serialize the (small) graph, then restored."""
     p = Path(path)
     _check_writable_dir(p)
     if not is_big(model) and not _uses_external_data(model):
         atomic_write_bytes(p, model.SerializeToString())
         return p
-    # External data: write both into a temp folder in the same directory, then rename data, then model.
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
+    data_name = p.name + ".data"
+    fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=p.parent)
+    moved: list[tuple[onnx.TensorProto, bytes]] = []
     try:
-        data_name = p.name + ".data"
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        onnx.save_model(m, str(tmpdir / p.name), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-        os.replace(tmpdir / data_name, p.parent / data_name)
-        os.replace(tmpdir / p.name, p)
+        os.chmod(tmp_data, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            offset = 0
+            for t in _all_tensors(model):
+                if t.data_location == onnx.TensorProto.EXTERNAL or tensor_nbytes(t) < 1024 or not t.HasField("raw_data"):
+                    continue
+                pad = (-offset) % 4096  # page-aligned offsets, as onnx writes them
+                f.write(b"\0" * pad)
+                offset += pad
+                data = t.raw_data
+                f.write(data)
+                moved.append((t, data))
+                t.ClearField("raw_data")
+                t.data_location = onnx.TensorProto.EXTERNAL
+                del t.external_data[:]
+                for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(data)))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = k, v
+                offset += len(data)
+            f.flush()
+            os.fsync(f.fileno())
+        header = model.SerializeToString()
+        os.replace(tmp_data, p.parent / data_name)
+        atomic_write_bytes(p, header)
+    except OSError as exc:
+        raise InputError(f"cannot write {p} ({exc.strerror or exc}); choose another output path") from None
     finally:
-        for f in tmpdir.glob("*"):
-            f.unlink(missing_ok=True)
-        tmpdir.rmdir()
+        Path(tmp_data).unlink(missing_ok=True)
+        for t, data in moved:  # the caller's model is left as it was
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+            t.raw_data = data
     return p
+
+
+def _all_tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for n in model.graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
 
 
 def model_size(path: str | Path) -> int:

@@ -10,9 +10,7 @@ from typing import Any, Optional
 from .config import PipelineConfig, to_dict
 from .data import Dataset, input_specs, load_data
 from .errors import InputError
-from .evaluate.bench import time_sessions
-from .evaluate.compare import compare_outputs
-from .evaluate.runner import make_session, run_dataset
+from .evaluate.runner import make_session
 from .io import check_output_path, load_model, model_size, save_model
 from .passes.base import PassRecord
 from .stats import model_stats
@@ -47,21 +45,23 @@ def _bench_feed(model_path: Path, data: Optional[Dataset], batch: int) -> dict:
     return b
 
 
-def benchmark(paths: dict[str, Path], data: Optional[Dataset], config, provider: str = "cpu") -> dict[str, dict]:
-    """Interleaved latency of several models at each batch size and thread count; first model = baseline."""
-    results: dict[str, dict] = {name: {} for name in paths}
-    for threads in config.threads:
-        for batch in config.batch_sizes:
-            sessions = {n: make_session(p, provider, threads=threads) for n, p in paths.items()}
-            feeds = {n: _bench_feed(p, data, batch) for n, p in paths.items()}
-            timings = time_sessions(sessions, feeds, config.warmup, config.runs, config.time_budget)
-            base = None
-            for n, t in timings.items():
-                s = t.summary(batch)
-                base = base or s["median_ms"]
-                s["speedup"] = base / s["median_ms"] if s["median_ms"] > 0 else float("inf")
-                results[n][f"{provider}/t{threads}/b{batch}"] = s
-    return results
+def benchmark(paths: dict[str, Path], data: Optional[Dataset], config, provider: Optional[str] = None,
+              progress=None) -> dict[str, dict]:
+    """Interleaved latency of several models at each batch size and thread count; first model = baseline.
+    Returns {model: {"<provider>/t<threads>/b<batch>": summary}} for config.providers (or just `provider`)."""
+    import dataclasses
+
+    from .evaluate.bench import bench_models
+
+    if provider is not None:
+        config = dataclasses.replace(config, providers=(provider,))
+    return bench_models(paths, data, config, progress=progress)["results"]
+
+
+def _ticks(progress):
+    """Pass (done, total, what) progress to a `progress` callback that accepts it (a progress bar);
+    the plain `progress(message)` callbacks only get the stage names."""
+    return getattr(progress, "ticks", None)
 
 
 def convert(model_path: str | Path, out_dir: str | Path, config: PipelineConfig,
@@ -110,30 +110,30 @@ def convert(model_path: str | Path, out_dir: str | Path, config: PipelineConfig,
         stages.append(Stage("int8", save_model(current, out / f"{stem}.int8.onnx"), rec, time.perf_counter() - t0))
 
     say("validate")
-    ref_out = None
     for st in stages:
         m = load_model(st.path, check=False)
         st.metrics.update(model_stats(m))
         st.metrics["size_bytes"] = model_size(st.path)
-        if val is not None:
-            sess = make_session(st.path, optimize=True)
-            outs = run_dataset(sess, val, config.validate_.batch_size, config.validate_.max_samples)
-            if ref_out is None:
-                ref_out = outs
-            labels = None if val.labels is None else val.labels[: len(next(iter(outs.values())))]
-            cmp = compare_outputs(ref_out, outs, labels)
+    if val is not None:
+        from .evaluate.validate import compare_sessions
+
+        ref_sess = make_session(src)
+        for st in stages:
+            cmp = compare_sessions(ref_sess, make_session(st.path), val, config.validate_.batch_size,
+                                   config.validate_.max_samples, progress=_ticks(progress), what=f"validate {st.name}")
             first = next(iter(cmp["outputs"].values()))
             st.metrics.update({k: first[k] for k in ("agreement", "cosine", "sqnr_db") if k in first})
-            if labels is not None:
+            if "candidate_top1" in cmp:
                 st.metrics["top1"] = cmp["candidate_top1"]
                 st.metrics["top5"] = cmp["candidate_top5"]
     say("bench")
-    bench = benchmark({st.name: st.path for st in stages}, val or calib, config.bench)
+    bench = benchmark({st.name: st.path for st in stages}, val or calib, config.bench, progress=_ticks(progress))
     for st in stages:
         st.metrics["latency"] = bench[st.name]
-        first_key = next(iter(bench[st.name]))
-        st.metrics["latency_ms"] = bench[st.name][first_key]["median_ms"]
-        st.metrics["speedup"] = bench[st.name][first_key]["speedup"]
+        timed = [s for s in bench[st.name].values() if "median_ms" in s]
+        if timed:  # the first setting that ran: first provider, thread count and batch size
+            st.metrics["latency_ms"] = timed[0]["median_ms"]
+            st.metrics["speedup"] = timed[0].get("speedup", 1.0)
     report = {"version": REPORT_VERSION, "model": str(src), "config": to_dict(config),
               "calibration": str(calibration) if calibration else None,
               "validation": str(validation) if validation else None,

@@ -38,20 +38,23 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
+def _num(v: Any, spec: str, suffix: str = "") -> str:
+    return f"{v:{spec}}{suffix}" if isinstance(v, (int, float)) else "-"
+
+
 def stage_table(report: dict[str, Any]) -> str:
-    """Plain-text table: one row per stage with size, top-1, latency and ratios against FP32."""
+    """Plain-text table: one row per stage with size, accuracy, latency and ratios against FP32."""
     stages = report["stages"]
     base = stages[0]["metrics"]
-    head = ["stage", "size", "size x", "params", "top-1 %", "agree %", "latency ms", "speedup"]
+    head = ["stage", "size", "size x", "params", "MACs", "top-1 %", "agree %", "SQNR dB", "latency ms", "speedup"]
     rows = [head]
     for st in stages:
         m = st["metrics"]
         rows.append([
             st["name"], _mb(m["size_bytes"]), f"{m['size_bytes'] / base['size_bytes']:.2f}",
-            f"{m.get('params', 0):,}",
-            f"{m['top1']:.2f}" if "top1" in m else "-",
-            f"{m['agreement']:.2f}" if "agreement" in m else "-",
-            f"{m['latency_ms']:.3f}", f"{m['speedup']:.2f}x",
+            _num(m.get("params"), ","), _num(m.get("macs"), ","), _num(m.get("top1"), ".2f"),
+            _num(m.get("agreement"), ".2f"), _num(m.get("sqnr_db"), ".1f"),
+            _num(m.get("latency_ms"), ".3f"), _num(m.get("speedup"), ".2f", "x"),
         ])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]

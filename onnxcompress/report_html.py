@@ -1,32 +1,53 @@
 """report.json -> a self-contained report.html: per-stage table and accuracy-vs-size / -latency plots
-(inline SVG, inline CSS, no scripts and no network)."""
+(inline SVG drawn here, inline CSS, no scripts, no fonts or images from the network)."""
 from __future__ import annotations
 
 import html
+import math
 from typing import Any, Optional
 
-COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1"]
+COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#9c755f"]
 
 
 def _acc(m: dict) -> Optional[float]:
+    """Top-1 when the validation data has labels, else agreement with the FP32 model."""
     return m.get("top1", m.get("agreement"))
+
+
+def _acc_label(stages: list[dict]) -> str:
+    return "top-1 accuracy %" if all("top1" in s["metrics"] for s in stages) else "agreement with FP32 %"
 
 
 def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Points not beaten on both axes (lower x, higher y), sorted by x."""
     front = [p for p in points if not any(q != p and q[0] <= p[0] and q[1] >= p[1] for q in points)]
-    return sorted(front)
+    return sorted(set(front))
 
 
-def scatter(title: str, xlabel: str, points: list[tuple[str, float, float]], w: int = 460, h: int = 320) -> str:
-    """An SVG scatter plot with axes, ticks, labelled points and the Pareto front."""
-    pad_l, pad_r, pad_t, pad_b = 56, 20, 34, 46
-    xs = [p[1] for p in points]
-    ys = [p[2] for p in points]
-    x0, x1 = 0.0, max(xs) * 1.15 or 1.0
-    ylo, yhi = min(ys), max(ys)
-    span = max(yhi - ylo, 0.5)
-    y0, y1 = ylo - span * 0.3, yhi + span * 0.3
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round tick values (1, 2, 2.5, 5 x 10^k steps) covering [lo, hi]."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / max(n - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.floor(lo / step + 1e-9) * step
+    ticks, v = [], start
+    while v < hi + step * 0.999:
+        ticks.append(round(v, 10))
+        v += step
+    return ticks
+
+
+def scatter(title: str, xlabel: str, ylabel: str, points: list[tuple[str, float, float]],
+            w: int = 500, h: int = 340) -> str:
+    """An SVG scatter plot with axes, round ticks, labelled points and the Pareto front (dashed)."""
+    pad_l, pad_r, pad_t, pad_b = 58, 22, 36, 48
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    xt = nice_ticks(0.0, max(xs) * 1.1 or 1.0)
+    span = max(max(ys) - min(ys), 0.5)
+    yt = nice_ticks(min(ys) - span * 0.25, min(max(ys) + span * 0.35, 100.0 if max(ys) <= 100 else math.inf))
+    x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
 
     def sx(v: float) -> float:
         return pad_l + (v - x0) / (x1 - x0) * (w - pad_l - pad_r)
@@ -36,73 +57,110 @@ def scatter(title: str, xlabel: str, points: list[tuple[str, float, float]], w: 
 
     out = [f'<svg class="plot" role="img" aria-label="{html.escape(title)}" width="{w}" height="{h}" '
            f'viewBox="0 0 {w} {h}" xmlns="http://www.w3.org/2000/svg">',
-           f'<text x="{w / 2}" y="20" text-anchor="middle" class="t">{html.escape(title)}</text>',
-           f'<line x1="{pad_l}" y1="{h - pad_b}" x2="{w - pad_r}" y2="{h - pad_b}" class="ax"/>',
-           f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{h - pad_b}" class="ax"/>']
-    for i in range(5):
-        xv = x0 + (x1 - x0) * i / 4
-        yv = y0 + (y1 - y0) * i / 4
-        out.append(f'<text x="{sx(xv):.1f}" y="{h - pad_b + 16}" text-anchor="middle" class="k">{xv:.3g}</text>')
-        out.append(f'<line x1="{pad_l}" y1="{sy(yv):.1f}" x2="{w - pad_r}" y2="{sy(yv):.1f}" class="grid"/>')
-        out.append(f'<text x="{pad_l - 6}" y="{sy(yv) + 4:.1f}" text-anchor="end" class="k">{yv:.4g}</text>')
-    out.append(f'<text x="{(w + pad_l) / 2}" y="{h - 8}" text-anchor="middle" class="k">{html.escape(xlabel)}</text>')
-    out.append(f'<text x="14" y="{(h - pad_b + pad_t) / 2}" text-anchor="middle" class="k" '
-               f'transform="rotate(-90 14 {(h - pad_b + pad_t) / 2})">accuracy %</text>')
+           f'<text x="{w / 2}" y="22" text-anchor="middle" class="t">{html.escape(title)}</text>']
+    for v in yt:
+        out.append(f'<line x1="{pad_l}" y1="{sy(v):.1f}" x2="{w - pad_r}" y2="{sy(v):.1f}" class="grid"/>'
+                   f'<text x="{pad_l - 6}" y="{sy(v) + 4:.1f}" text-anchor="end" class="k">{v:g}</text>')
+    for v in xt:
+        out.append(f'<line x1="{sx(v):.1f}" y1="{h - pad_b}" x2="{sx(v):.1f}" y2="{h - pad_b + 4}" class="ax"/>'
+                   f'<text x="{sx(v):.1f}" y="{h - pad_b + 17}" text-anchor="middle" class="k">{v:g}</text>')
+    out.append(f'<line x1="{pad_l}" y1="{h - pad_b}" x2="{w - pad_r}" y2="{h - pad_b}" class="ax"/>'
+               f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{h - pad_b}" class="ax"/>')
+    out.append(f'<text x="{(w + pad_l) / 2}" y="{h - 10}" text-anchor="middle" class="k">{html.escape(xlabel)}</text>')
+    out.append(f'<text x="15" y="{(h - pad_b + pad_t) / 2}" text-anchor="middle" class="k" '
+               f'transform="rotate(-90 15 {(h - pad_b + pad_t) / 2})">{html.escape(ylabel)}</text>')
     front = _pareto([(p[1], p[2]) for p in points])
     if len(front) > 1:
         d = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in front)
         out.append(f'<polyline points="{d}" class="front"/>')
-    for i, (name, xv, yv) in enumerate(points):
-        c = COLORS[i % len(COLORS)]
-        out.append(f'<circle cx="{sx(xv):.1f}" cy="{sy(yv):.1f}" r="6" fill="{c}"><title>{html.escape(name)}: '
-                   f'{xv:.3g}, {yv:.2f}</title></circle>')
-        right = sx(xv) > w * 0.65  # labels near the right edge go to the left of their point
-        out.append(f'<text x="{sx(xv) + (-9 if right else 9):.1f}" y="{sy(yv) - 8 - 11 * (i % 2):.1f}" class="lbl" '
-                   f'fill="{c}" text-anchor="{"end" if right else "start"}">{html.escape(name)}</text>')
+    # Points that land on the same spot (e.g. fp32 and simplified) share one label; the earlier ones are
+    # drawn as larger rings so every point stays visible.
+    groups: list[list[int]] = []
+    for i, (_, xv, yv) in enumerate(points):
+        g = next((g for g in groups if abs(sx(points[g[0]][1]) - sx(xv)) < 12 and abs(sy(points[g[0]][2]) - sy(yv)) < 12), None)
+        (g.append(i) if g is not None else groups.append([i]))
+    for g in groups:
+        for rank, i in enumerate(g):
+            name, xv, yv = points[i]
+            r = 6 + 3 * (len(g) - 1 - rank)
+            c = COLORS[i % len(COLORS)]
+            style = f'fill="{c}"' if rank == len(g) - 1 else f'fill="none" stroke="{c}" stroke-width="2.5"'
+            out.append(f'<circle cx="{sx(xv):.1f}" cy="{sy(yv):.1f}" r="{r}" {style}><title>{html.escape(name)}: '
+                       f'{xv:.4g}, {yv:.2f}</title></circle>')
+        name, xv, yv = points[g[0]]
+        label = " = ".join(points[i][0] for i in g)
+        right = sx(xv) > w * 0.6
+        dy = -12 if sy(yv) > pad_t + 24 else 20
+        out.append(f'<text x="{sx(xv) + (-10 if right else 10):.1f}" y="{sy(yv) + dy:.1f}" class="lbl" '
+                   f'fill="{COLORS[g[-1] % len(COLORS)]}" text-anchor="{"end" if right else "start"}">{html.escape(label)}</text>')
     out.append("</svg>")
     return "".join(out)
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:28px;color:#222;max-width:1100px}
-h1{font-size:22px;margin:0 0 4px} .sub{color:#666;margin-bottom:18px;font-size:13px}
-table{border-collapse:collapse;margin:10px 0 22px;font-size:14px}
-th,td{padding:6px 12px;border-bottom:1px solid #ddd;text-align:right} th{background:#f4f6f8}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:28px;color:#222;max-width:1140px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:16px;margin:22px 0 6px} .sub{color:#666;margin-bottom:16px;font-size:13px}
+table{border-collapse:collapse;margin:8px 0 14px;font-size:13px}
+th,td{padding:5px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap} th{background:#f4f6f8}
 td:first-child,th:first-child{text-align:left;font-weight:600}
-.good{color:#1a7f37} .bad{color:#b42318}
+.good{color:#1a7f37} .bad{color:#b42318;font-weight:600} .muted{color:#888}
 .plots{display:flex;gap:18px;flex-wrap:wrap}
 .plot{background:#fafbfc;border:1px solid #e3e6ea;border-radius:6px}
 .plot .t{font-size:14px;font-weight:600} .plot .k{font-size:11px;fill:#555} .plot .lbl{font-size:12px;font-weight:600}
-.plot .ax{stroke:#888} .plot .grid{stroke:#eee} .plot .front{fill:none;stroke:#999;stroke-dasharray:4 3}
+.plot .ax{stroke:#888} .plot .grid{stroke:#e8e8e8} .plot .front{fill:none;stroke:#999;stroke-dasharray:4 3}
 details{margin:6px 0;font-size:13px} code{background:#f4f6f8;padding:1px 4px;border-radius:3px}
+.note{font-size:12.5px;color:#555;max-width:900px}
 """
+
+
+def _fmt(v: Any, spec: str, suffix: str = "") -> str:
+    if v is None:
+        return '<span class="muted">-</span>'
+    if isinstance(v, str):  # "inf" written by report._clean
+        return html.escape(v)
+    return f"{v:{spec}}{suffix}"
+
+
+def _table(stages: list[dict], max_drop: Optional[float]) -> str:
+    base = stages[0]["metrics"]
+    head = ("stage", "size", "vs FP32", "params", "MACs/sample", "top-1 %", "top-5 %", "drop",
+            "agree %", "SQNR dB", "latency ms", "p90 ms", "speedup")
+    rows = []
+    for st in stages:
+        m = st["metrics"]
+        drop = None if _acc(m) is None or _acc(base) is None else _acc(base) - _acc(m)
+        cls = "" if drop is None or max_drop is None else ("good" if drop <= max_drop else "bad")
+        first = next((s for s in (m.get("latency") or {}).values() if "p90_ms" in s), {})
+        cells = (html.escape(st["name"]), _fmt(m.get("size_bytes", 0) / 1e6, ".3f", " MB"),
+                 _fmt(m.get("size_bytes", 0) / base["size_bytes"], ".2f", "x"),
+                 _fmt(m.get("params"), ","), _fmt(m.get("macs"), ","), _fmt(m.get("top1"), ".2f"), _fmt(m.get("top5"), ".2f"),
+                 f'<span class="{cls}">{drop:.2f}</span>' if drop is not None else _fmt(None, ""),
+                 _fmt(m.get("agreement"), ".2f"), _fmt(m.get("sqnr_db"), ".1f"),
+                 _fmt(m.get("latency_ms"), ".3f"), _fmt(first.get("p90_ms"), ".3f"), _fmt(m.get("speedup"), ".2f", "x"))
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (f"<table id='stages'><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 def render(report: dict[str, Any]) -> str:
     stages = report["stages"]
-    base = stages[0]["metrics"]
-    rows = []
-    for st in stages:
-        m = st["metrics"]
-        acc = _acc(m)
-        drop = None if acc is None or _acc(base) is None else _acc(base) - acc
-        cls = "" if drop is None else ("good" if drop <= 1.0 else "bad")
-        rows.append(
-            "<tr>" + "".join(f"<td>{v}</td>" for v in (
-                html.escape(st["name"]), f"{m['size_bytes'] / 1e6:.3f} MB", f"{m['size_bytes'] / base['size_bytes']:.2f}x",
-                f"{m.get('params', 0):,}", f"{m.get('macs', 0):,}",
-                f'<span class="{cls}">{acc:.2f}</span>' if acc is not None else "-",
-                f"{m['agreement']:.2f}" if "agreement" in m else "-",
-                f"{m['latency_ms']:.3f}", f"{m['speedup']:.2f}x")) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("stage", "size", "size vs FP32", "parameters", "MACs / sample",
-                                             "top-1 %", "agreement %", "latency ms", "speedup"))
-    plots = ""
+    cfg = report.get("config") or {}
+    max_drop = (cfg.get("validate") or {}).get("max_drop", 1.0)
+    bench = cfg.get("bench") or {}
     pts = [(st["name"], st["metrics"], _acc(st["metrics"])) for st in stages]
-    if all(p[2] is not None for p in pts):
-        plots = ('<div class="plots">'
-                 + scatter("accuracy vs size", "size on disk (MB)", [(n, m["size_bytes"] / 1e6, a) for n, m, a in pts])
-                 + scatter("accuracy vs latency", "median latency (ms)", [(n, m["latency_ms"], a) for n, m, a in pts])
+    ylabel = _acc_label(stages)
+    if all(a is not None for _, _, a in pts) and all(isinstance(m.get("latency_ms"), (int, float)) for _, m, _ in pts):
+        plots = ('<h2>Accuracy against size and latency (dashed: the Pareto front)</h2><div class="plots">'
+                 + scatter("accuracy vs size", "size on disk (MB)", ylabel, [(n, m["size_bytes"] / 1e6, a) for n, m, a in pts])
+                 + scatter("accuracy vs latency", "median latency (ms)", ylabel, [(n, m["latency_ms"], a) for n, m, a in pts])
                  + "</div>")
+    else:
+        plots = "<p class='note'>No plots: accuracy needs validation data (convert --validation DATA.npz).</p>"
+    setting = (f"latency: median of {bench.get('runs', '?')} interleaved runs after {bench.get('warmup', '?')} warmup, "
+               f"{'/'.join(bench.get('providers', ['cpu']))}, {bench.get('threads', [1])[0]} thread(s), "
+               f"batch {bench.get('batch_sizes', [1])[0]}; speedup against FP32. ")
+    acc_note = ("drop: points of " + ylabel.split(" %")[0] + " below FP32"
+                + (f", red above the max_drop gate of {max_drop:g}." if max_drop is not None else "."))
     details = []
     for st in stages:
         rec = st.get("record")
@@ -114,9 +172,9 @@ def render(report: dict[str, Any]) -> str:
         details.append(f"<details><summary><b>{html.escape(st['name'])}</b> ({st['seconds']:.1f} s): "
                        f"{len(rec['changed'])} changes, {len(rec['skipped'])} skipped</summary>"
                        f"<p>{stats}</p><ul>{skipped}</ul></details>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>onnxcompress report</title>"
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>onnxcompress report</title>"
             f"<style>{CSS}</style></head><body><h1>onnxcompress report</h1>"
-            f"<div class='sub'>model <code>{html.escape(report['model'])}</code> · validation "
+            f"<div class='sub'>model <code>{html.escape(str(report['model']))}</code> · validation "
             f"<code>{html.escape(str(report.get('validation')))}</code> · report version {report['version']}</div>"
-            f"<table id='stages'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-            f"{plots}<h2 style='font-size:16px'>Stage records</h2>{''.join(details)}</body></html>")
+            f"{_table(stages, max_drop)}<p class='note'>{html.escape(setting + acc_note)}</p>"
+            f"{plots}<h2>Stage records</h2>{''.join(details) or '<p class=note>none</p>'}</body></html>")

@@ -17,7 +17,9 @@ _DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool"
 
 
 def parse_input_spec(text: str) -> TensorSpec:
-    """`NAME:1x3x224x224[:dtype]`; a dim written as `N` or `batch` (or a name) is dynamic with size 1."""
+    """`NAME:1x3x224x224[:dtype]`. A dim written as a name (`N`, `batch`, `seq`) is dynamic and keeps the
+    name (inputs sharing a name share the size); `seq=16` sets the example size (default 1 for axis 0,
+    else 8). With no named dim, axis 0 is dynamic as `batch` (export --static-batch turns that off)."""
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
         raise InputError(f"input spec '{text}' does not parse; write NAME:1x3x224x224 or NAME:1x128:int64")
@@ -25,16 +27,21 @@ def parse_input_spec(text: str) -> TensorSpec:
     dtype = parts[2] if len(parts) == 3 else "float32"
     if dtype not in _DTYPES:
         raise InputError(f"input spec '{text}': unknown dtype '{dtype}'; use one of {', '.join(_DTYPES)}")
-    dims, dynamic = [], []
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:/-]*", name):
+        raise InputError(f"input spec '{text}': input name '{name}' is not valid; use letters, digits and _")
+    dims, dynamic, names = [], [], []
     for i, d in enumerate(shape_s.split("x")):
         if re.fullmatch(r"[0-9]+", d) and int(d) > 0:
             dims.append(int(d))
-        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(=[0-9]+)?", d):
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(=[1-9][0-9]*)?", d):
             dims.append(int(d.split("=")[1]) if "=" in d else (1 if i == 0 else 8))
             dynamic.append(i)
+            names.append(d.split("=")[0])
         else:
             raise InputError(f"input spec '{text}': dimension '{d}' is not a positive integer or a name; write e.g. 1x3x224x224 or Nx3x224x224")
-    return TensorSpec(name, tuple(dims), dtype, tuple(dynamic) if dynamic else (0,))
+    if not dynamic:
+        return TensorSpec(name, tuple(dims), dtype, (0,), ("batch",))
+    return TensorSpec(name, tuple(dims), dtype, tuple(dynamic), tuple(names))
 
 
 def resolve_factory(factory: str):

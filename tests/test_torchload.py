@@ -79,3 +79,37 @@ def test_wrong_weights_named(tmp_path):
     torch.save({"nope": torch.zeros(1)}, tmp_path / "w.pt")
     with pytest.raises(InputError, match="do not fit"):
         load_module(f"{f}:build", tmp_path / "w.pt")
+
+
+def test_dim_names_and_default_batch():
+    s = parse_input_spec("ids:Nxseq=16:int64")
+    assert s.dynamic == (0, 1) and s.dim_names == ("N", "seq") and s.shape == (1, 16)
+    s = parse_input_spec("x:1x3x8x8")
+    assert s.dynamic == (0,) and s.dim_names == ("batch",)
+    with pytest.raises(InputError, match="dimension 'seq=0'"):
+        parse_input_spec("ids:1xseq=0")
+
+
+def test_safetensors_torchscript_and_exported_program(tmp_path):
+    from safetensors.torch import save_file
+
+    from onnxcompress.torchload import load_any
+
+    f = tmp_path / "mymodel.py"
+    f.write_text(FACTORY)
+    m = load_module(f"{f}:build")
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    x = torch.randn(2, 4)
+    assert torch.equal(load_any(f"{f}:build", tmp_path / "w.safetensors")(x), m(x))
+    torch.jit.save(torch.jit.trace(m, x), str(tmp_path / "m.ts"))
+    assert torch.allclose(load_any(str(tmp_path / "m.ts"))(x), m(x))
+    torch.export.save(torch.export.export(m, (x,)), str(tmp_path / "m.pt2"))
+    assert torch.allclose(load_any(str(tmp_path / "m.pt2"))(x), m(x))
+    with pytest.raises(InputError, match="carries its own weights"):
+        load_any(str(tmp_path / "m.ts"), tmp_path / "w.safetensors")
+    (tmp_path / "bad.pt2").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a torch.export program"):
+        load_any(str(tmp_path / "bad.pt2"))
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(InputError, match="not a valid safetensors"):
+        load_weights(tmp_path / "bad.safetensors")

@@ -3,60 +3,103 @@ from __future__ import annotations
 
 import click
 
-from ..config import TrainConfig
-from .common import emit, handle_errors, json_option
+from ..config import ExportConfig, TrainConfig
+from .common import csv_ints, emit, handle_errors, json_option
+from .export import export_options, torch_source_options
+
+
+def train_options(fn):
+    """Pruning and distillation flags -> TrainConfig (shared with other commands that fine-tune)."""
+    opts = [
+        click.option("--ratio", type=float, default=TrainConfig.ratio, show_default=True,
+                     help="Share of channels to prune (of weights with --unstructured)."),
+        click.option("--unstructured", is_flag=True,
+                     help="L1 weight sparsity instead of channels: smaller compressed file, not faster on ORT's CPU kernels."),
+        click.option("--criterion", type=click.Choice(["l1", "l2"]), default=TrainConfig.criterion, show_default=True,
+                     help="Filter norm ranking channels (structured)."),
+        click.option("--scope", type=click.Choice(["global", "layer"]), default=TrainConfig.scope, show_default=True,
+                     help="One threshold over the model, or the ratio in every layer."),
+        click.option("--align", type=int, default=TrainConfig.align, show_default=True, help="Kept widths are multiples of this."),
+        click.option("--min-channels", type=int, default=TrainConfig.min_channels, show_default=True),
+        click.option("--steps", type=int, default=TrainConfig.steps, show_default=True,
+                     help="Iterative schedule: prune ratio/steps more per step, fine-tune after each."),
+        click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True,
+                     help="Fine-tuning epochs per step (0 = no fine-tuning)."),
+        click.option("--lr", type=float, default=TrainConfig.lr, show_default=True),
+        click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True),
+        click.option("--temperature", type=float, default=TrainConfig.temperature, show_default=True),
+        click.option("--alpha", type=float, default=TrainConfig.alpha, show_default=True,
+                     help="Cross-entropy weight when the data has labels (0 = label-free)."),
+        click.option("--loss", type=click.Choice(["kl", "mse"]), default=TrainConfig.loss, show_default=True,
+                     help="kl for classifiers; mse on the outputs for other models."),
+        click.option("--outputs", "loss_outputs", default="", help="Output indices the loss uses, e.g. 0,2 (default: all)."),
+        click.option("--patience", type=int, default=TrainConfig.patience, show_default=True,
+                     help="Stop after this many epochs without a better validation metric."),
+        click.option("--freeze-bn", is_flag=True, help="Keep BatchNorm statistics fixed (small data sets)."),
+        click.option("--seed", type=int, default=TrainConfig.seed, show_default=True),
+        click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Write best.pt, last.pt, history.json here."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+TRAIN_KEYS = ("ratio", "unstructured", "criterion", "scope", "align", "min_channels", "steps", "epochs", "lr",
+              "batch_size", "temperature", "alpha", "loss", "loss_outputs", "patience", "freeze_bn", "seed",
+              "checkpoint_dir")
+
+
+def train_config_from(kw: dict) -> TrainConfig:
+    cfg = TrainConfig(enabled=True, ratio=kw["ratio"], structured=not kw["unstructured"], criterion=kw["criterion"],
+                      scope=kw["scope"], align=kw["align"], min_channels=kw["min_channels"], steps=kw["steps"],
+                      epochs=kw["epochs"], lr=kw["lr"], batch_size=kw["batch_size"], temperature=kw["temperature"],
+                      alpha=kw["alpha"], loss=kw["loss"], patience=kw["patience"], freeze_bn=kw["freeze_bn"],
+                      seed=kw["seed"], checkpoint_dir=kw["checkpoint_dir"], outputs=csv_ints(kw["loss_outputs"]))
+    cfg.validate()
+    return cfg
 
 
 @click.command("prune-distill")
-@click.argument("factory")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx (channels removed).")
-@click.option("--weights", type=click.Path(), help="State dict: .pt/.pth (weights_only) or .safetensors.")
-@click.option("--input", "input_spec", required=True, help="NAME:Nx1x28x28[:dtype] (one input).")
-@click.option("--data", "-d", required=True, type=click.Path(), help="Training data .npz (labels optional; unused unless --alpha > 0).")
+@click.argument("source")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx (pruned channels removed).")
+@torch_source_options
+@click.option("--data", "-d", required=True, type=click.Path(),
+              help="Training inputs .npz (unlabeled is fine; labels used only with --alpha > 0), e.g. the calibration set.")
 @click.option("--val", "-v", "val", type=click.Path(), help="Validation .npz for early stopping and the numbers (top-1 with labels).")
-@click.option("--ratio", type=float, default=TrainConfig.ratio, show_default=True, help="Share of channels (or weights with --unstructured).")
-@click.option("--unstructured", is_flag=True, help="L1 weight sparsity instead of channels (smaller compressed file, not faster).")
-@click.option("--steps", type=int, default=TrainConfig.steps, show_default=True, help="Iterative schedule: prune ratio/steps more each step.")
-@click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True, help="Fine-tuning epochs per step (0 = no fine-tuning).")
-@click.option("--lr", type=float, default=TrainConfig.lr, show_default=True)
-@click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
-@click.option("--temperature", type=float, default=TrainConfig.temperature, show_default=True)
-@click.option("--alpha", type=float, default=TrainConfig.alpha, show_default=True, help="Cross-entropy weight when labels exist.")
-@click.option("--loss", type=click.Choice(["kl", "mse"]), default=TrainConfig.loss, show_default=True)
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False))
+@train_options
+@export_options
 @json_option
 @handle_errors
-def prune_distill_cmd(factory, output, weights, input_spec, data, val, ratio, unstructured, steps, epochs, lr, batch_size,
-                      temperature, alpha, loss, checkpoint_dir, as_json):
-    """Prune a torch model, win accuracy back by distilling from the original, export and shrink to ONNX."""
+def prune_distill_cmd(source, output, weights, inputs, data, val, opset, exporter, static_batch, as_json, **kw):
+    """Prune a torch model, win accuracy back by distilling from the original, export, remove channels.
+
+    SOURCE is pkg.module:function or path/to/file.py:function (with --weights), a TorchScript file, or a
+    torch.export .pt2 program. Prints the metric of the original, of the same pruning without fine-tuning,
+    and after distillation."""
     import sys
 
-    from ..data import InputSpec, load_data
     from ..io import check_output_path
     from ..torchload import load_any, parse_input_spec
     from ..train.distill import progress
-    from ..train.run import prune_and_distill
+    from ..train.run import load_training_data, prune_and_distill
 
-    cfg = TrainConfig(enabled=True, ratio=ratio, structured=not unstructured, steps=steps, epochs=epochs, lr=lr,
-                      batch_size=batch_size, temperature=temperature, alpha=alpha, loss=loss, checkpoint_dir=checkpoint_dir)
-    cfg.validate()
-    spec = parse_input_spec(input_spec)
-    out = check_output_path(output, weights, data, val)
-    import numpy as np
-
-    ispec = [InputSpec(spec.name, ("N",) + spec.shape[1:], np.dtype(spec.dtype))]
-    train = load_data(data, ispec)
-    valid = load_data(val, ispec) if val else None
-    module = load_any(factory, weights)
-    x = np.concatenate([c[spec.name] for c in train.chunks])
-    vx = np.concatenate([c[spec.name] for c in valid.chunks]) if valid else None
-    rec = prune_and_distill(module, [spec], x, out, cfg, train_y=train.labels, val_x=vx,
-                            val_y=valid.labels if valid else None, show=None if as_json else progress)
+    cfg = train_config_from(kw)
+    ecfg = ExportConfig(opset=opset, exporter=exporter, dynamic_batch=not static_batch)
+    ecfg.validate()
+    specs = [parse_input_spec(s) for s in inputs]
+    out = check_output_path(output, weights, data, val, source.rpartition(":")[0] or source)
+    xs, ys = load_training_data(data, specs)
+    vx, vy = load_training_data(val, specs) if val else (None, None)
+    module = load_any(source, weights)
+    rec = prune_and_distill(module, specs, xs, out, cfg, train_y=ys, val_x=vx, val_y=vy, export_config=ecfg,
+                            show=None if as_json else progress)
     s = rec.stats
     rm = s["onnx_removal"]
-    lines = [f"wrote {out}", f"{s['metric']}: original {s['teacher_metric']:.2f}, pruned without fine-tuning "
+    lines = [f"wrote {out} (exporter {s['export']['exporter']}, max abs error vs torch {s['export']['max_abs_error']:.1e})",
+             f"{s['metric']}: original {s['teacher_metric']:.2f}, pruned without fine-tuning "
              f"{s['pruned_no_finetune_metric']:.2f}, pruned + distilled {s['final_metric']:.2f}",
-             f"params {rm['params_before']:,} -> {rm['params_after']:,}, MACs {rm['macs_before']:,} -> {rm['macs_after']:,}"]
+             f"weight sparsity {100 * s['weight_sparsity']:.1f}%; params {s['params_before']:,} -> {s['params_after']:,}, "
+             f"MACs {rm['macs_before']:,} -> {rm['macs_after']:,} after channel removal"]
     if not as_json:
         sys.stderr.write("\n")
     emit(as_json, rec.to_dict(), "\n".join(lines))

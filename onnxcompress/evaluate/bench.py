@@ -1,18 +1,29 @@
-"""Latency measurement: warmup, then timed runs; several models are run interleaved so that machine
-noise hits them alike (one round = one run of each model, in rotating order)."""
+"""Latency measurement: warmup, then timed runs; several models (and execution providers) are run
+interleaved so that machine noise hits them alike (one round = one run of each, in rotating order).
+
+`bench_models` is what `onnxcompress bench` and `convert` call; `time_sessions` is the timing loop."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Hashable, Optional
 
 import numpy as np
 import onnxruntime as ort
 
+from ..config import BenchConfig
+from ..data import Dataset, input_specs, random_data
+from ..io import load_model, model_size
+from .runner import make_session, resolve_provider
+
+BENCH_SCHEMA_VERSION = 1
+Progress = Optional[Callable[[int, int, str], None]]  # (done, total, what)
+
 
 @dataclass
 class Timing:
-    name: str
+    name: Hashable
     times_ms: list[float] = field(default_factory=list)
 
     def summary(self, batch: int) -> dict[str, Any]:
@@ -29,9 +40,11 @@ class Timing:
         }
 
 
-def time_sessions(sessions: dict[str, ort.InferenceSession], feeds: dict[str, dict[str, np.ndarray]],
-                  warmup: int = 10, runs: int = 100, time_budget: Optional[float] = None) -> dict[str, Timing]:
-    """Interleaved timing of several sessions on their own feeds."""
+def time_sessions(sessions: dict[Hashable, ort.InferenceSession], feeds: dict[Hashable, dict[str, np.ndarray]],
+                  warmup: int = 10, runs: int = 100, time_budget: Optional[float] = None,
+                  on_round: Optional[Callable[[int], None]] = None) -> dict[Hashable, Timing]:
+    """Interleaved timing of several sessions on their own feeds. With a time budget (seconds), rounds
+    continue until it is spent (at least 3 rounds); otherwise `runs` rounds."""
     names = list(sessions)
     timings = {n: Timing(n) for n in names}
     for _ in range(warmup):
@@ -46,9 +59,135 @@ def time_sessions(sessions: dict[str, ort.InferenceSession], feeds: dict[str, di
             sessions[n].run(None, feeds[n])
             timings[n].times_ms.append((time.perf_counter() - t0) * 1000.0)
         i += 1
+        if on_round:
+            on_round(i)
         if time_budget is not None:
             if time.perf_counter() - start >= time_budget and i >= 3:
                 break
         elif i >= runs:
             break
     return timings
+
+
+def bench_feed(model_path: str | Path, data: Optional[Dataset], batch: int) -> dict[str, np.ndarray]:
+    """One batch of `batch` samples from data (repeated when data has fewer), random when data is None."""
+    specs = input_specs(load_model(model_path, check=False))
+    src = data if data is not None else random_data(specs, batch)
+    b = next(src.batches(batch))
+    if len(next(iter(b.values()))) < batch:
+        b = {k: np.resize(v, (batch,) + v.shape[1:]) for k, v in b.items()}
+    return b
+
+
+def bench_models(paths: dict[str, Path], data: Optional[Dataset], config: BenchConfig = BenchConfig(),
+                 memory: bool = False, progress: Progress = None) -> dict[str, Any]:
+    """Time every model on every provider at each thread count and batch size, all models and providers of
+    one (threads, batch) setting interleaved. Ratios: `speedup` against the first model on the same
+    provider, `speedup_vs_<provider>` against the first provider for the same model (> 1 = faster)."""
+    config.validate()
+    providers = list(dict.fromkeys(p.strip().lower() for p in config.providers))
+    for p in providers:
+        resolve_provider(p)  # a missing EP fails before any work, naming the package to install
+    fixed = {n: _fixed_batch(p) for n, p in paths.items()}
+    first_model, first_prov = next(iter(paths)), providers[0]
+    sizes = {n: model_size(p) for n, p in paths.items()}
+    result: dict[str, Any] = {
+        "schema_version": BENCH_SCHEMA_VERSION,
+        "config": {"warmup": config.warmup, "runs": config.runs, "time_budget": config.time_budget,
+                   "threads": list(config.threads), "batch_sizes": list(config.batch_sizes), "providers": providers},
+        "models": {n: {"path": str(p), "size_bytes": sizes[n], "size_ratio": sizes[n] / sizes[first_model]}
+                   for n, p in paths.items()},
+        "results": {n: {} for n in paths},
+    }
+    settings = [(t, b) for t in config.threads for b in config.batch_sizes]
+    per = 1 if config.time_budget is not None else config.runs
+    total = len(settings) * per + (len(paths) * len(providers) if memory else 0)
+    done = 0
+    for threads, batch in settings:
+        sessions, feeds = {}, {}
+        for n, p in paths.items():
+            if fixed[n] is not None and fixed[n] != batch:
+                for prov in providers:
+                    result["results"][n][f"{prov}/t{threads}/b{batch}"] = {
+                        "skipped": f"the model has a fixed batch of {fixed[n]}; re-export with a dynamic batch axis"}
+                continue
+            feed = bench_feed(p, data, batch)
+            for prov in providers:
+                sessions[(n, prov)] = make_session(p, prov, threads=threads, spinning=False)
+                feeds[(n, prov)] = feed
+        what = f"timing t{threads}/b{batch}"
+        tick = (lambda i, d=done, w=what: progress(d + i, total, w)) if progress and config.time_budget is None else None
+        timings = time_sessions(sessions, feeds, config.warmup, config.runs, config.time_budget, on_round=tick)
+        done += per
+        if progress:
+            progress(done, total, what)
+        for (n, prov), t in timings.items():
+            result["results"][n][f"{prov}/t{threads}/b{batch}"] = t.summary(batch)
+        for (n, prov), t in timings.items():
+            s = result["results"][n][f"{prov}/t{threads}/b{batch}"]
+            base_model = timings.get((first_model, prov))
+            if base_model is not None:
+                s["speedup"] = _ratio(base_model, t)
+            if prov != first_prov and (n, first_prov) in timings:
+                s[f"speedup_vs_{first_prov}"] = _ratio(timings[(n, first_prov)], t)
+    if memory:
+        from .memory import peak_memory_mb
+
+        for n, p in paths.items():
+            batch = fixed[n] or config.batch_sizes[0]
+            feed = bench_feed(p, data, batch)
+            mem = result["models"][n]["memory"] = {}
+            for prov in providers:
+                mem[prov] = peak_memory_mb(p, feed, prov, threads=config.threads[0])
+                mem[prov]["batch"] = batch
+                done += 1
+                if progress:
+                    progress(done, total, f"memory {n} {prov}")
+    return result
+
+
+def _fixed_batch(path: Path) -> Optional[int]:
+    specs = input_specs(load_model(path))
+    d = specs[0].shape[0] if specs and specs[0].shape else None
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def _ratio(base: Timing, t: Timing) -> float:
+    b, c = float(np.median(base.times_ms)), float(np.median(t.times_ms))
+    return b / c if c > 0 else float("inf")
+
+
+def bench_table(result: dict[str, Any]) -> str:
+    """Side-by-side text: sizes and memory, then one block per setting, then EP ratios."""
+    models = result["models"]
+    w = max(12, *(len(n) for n in models))
+    lines = [f"{'model':{w}s}  {'size MB':>9s}  {'size x':>6s}  peak memory (model / process MB)"]
+    for n, info in models.items():
+        mem = "  ".join(f"{prov} {m['model_mb']:.1f} / {m['peak_rss_mb']:.0f}" if "model_mb" in m else f"{prov} {m.get('error')}"
+                        for prov, m in info.get("memory", {}).items()) or "-"
+        lines.append(f"{n:{w}s}  {info['size_bytes'] / 1e6:9.3f}  {info['size_ratio']:6.2f}  {mem}")
+    keys = list(dict.fromkeys(k for res in result["results"].values() for k in res))
+    for key in keys:
+        lines.append("")
+        lines.append(f"{key:{w + 10}s} {'median ms':>10s} {'p90':>8s} {'p99':>8s} {'mean':>8s} {'items/s':>9s} {'vs first':>8s}")
+        for n, res in result["results"].items():
+            s = res.get(key)
+            if s is None:
+                continue
+            if "skipped" in s:
+                lines.append(f"  {n:{w + 8}s} skipped: {s['skipped']}")
+                continue
+            sp = f"{s['speedup']:.2f}x" if "speedup" in s else "-"
+            lines.append(f"  {n:{w + 8}s} {s['median_ms']:10.3f} {s['p90_ms']:8.3f} {s['p99_ms']:8.3f} {s['mean_ms']:8.3f} "
+                         f"{s['throughput_per_s']:9.1f} {sp:>8s}")
+    provs = result["config"]["providers"]
+    if len(provs) > 1:
+        lines += ["", f"execution providers side by side (median latency of {provs[0]} / other; > 1 = other is faster):"]
+        for n, res in result["results"].items():
+            for key, s in res.items():
+                r = s.get(f"speedup_vs_{provs[0]}")
+                if r is not None:
+                    prov, rest = key.split("/", 1)
+                    base = res[f"{provs[0]}/{rest}"]["median_ms"]
+                    lines.append(f"  {n:{w}s} {rest:8s} {prov} {s['median_ms']:.3f} ms vs {provs[0]} {base:.3f} ms: {r:.2f}x")
+    return "\n".join(lines)

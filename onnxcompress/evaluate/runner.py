@@ -17,6 +17,7 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "dnnl": "DnnlExecutionProvider",
     "xnnpack": "XnnpackExecutionProvider",
+    "azure": "AzureExecutionProvider",
 }
 INSTALL_HINT = {
     "openvino": "pip install onnxruntime-openvino (it replaces the onnxruntime module; use a separate venv)",
@@ -28,20 +29,39 @@ INSTALL_HINT = {
 ModelLike = Union[str, Path, onnx.ModelProto]
 
 
+def available_providers() -> list[str]:
+    """Short names of the execution providers this onnxruntime build exposes (cpu, openvino, ...)."""
+    short = {v: k for k, v in PROVIDERS.items()}
+    return [short.get(p, p) for p in ort.get_available_providers()]
+
+
 def resolve_provider(name: str) -> str:
-    key = name.lower()
-    full = PROVIDERS.get(key, name)
+    key = name.strip().lower()
+    full = PROVIDERS.get(key, name.strip())
     available = ort.get_available_providers()
     if full not in available:
         hint = INSTALL_HINT.get(key, "install an onnxruntime build that has it")
         raise MissingDependency(
-            f"execution provider '{name}' is not available (have: {', '.join(available)}); {hint}"
+            f"execution provider '{name}' is not available (have: {', '.join(available_providers())}); {hint}"
         )
     return full
 
 
+def _provider_entry(full: str, threads: Optional[int]):
+    """OpenVINO ignores intra_op_num_threads and uses its own pool (8 threads, several streams) unless told."""
+    if full == "OpenVINOExecutionProvider":
+        opts = {"device_type": "CPU"}
+        if threads:
+            opts.update(num_of_threads=str(threads), num_streams="1")
+        return (full, opts)
+    return full
+
+
 def make_session(model: ModelLike, provider: str = "cpu", threads: Optional[int] = None,
-                 optimize: bool = True, optimized_path: Optional[str] = None) -> ort.InferenceSession:
+                 optimize: bool = True, optimized_path: Optional[str] = None,
+                 spinning: bool = True) -> ort.InferenceSession:
+    """spinning=False: idle intra-op threads sleep at once instead of spinning, so sessions timed in
+    turn (interleaved benchmarks) do not steal each other's cores."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = (
@@ -50,11 +70,13 @@ def make_session(model: ModelLike, provider: str = "cpu", threads: Optional[int]
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
     src = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
     try:
-        return ort.InferenceSession(src, opts, providers=[resolve_provider(provider)])
+        return ort.InferenceSession(src, opts, providers=[_provider_entry(resolve_provider(provider), threads)])
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.InvalidArgument) as exc:
         msg = str(exc).strip().splitlines()[0][:300]

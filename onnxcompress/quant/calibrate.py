@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import InputError
-from ..io import is_big
+from ..io import atomic_write_bytes, is_big, save_model
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
 
@@ -155,14 +155,16 @@ class CalibrationResult:
                 "nonfinite_values_ignored": self.nonfinite}
 
 
-def _infer(model: onnx.ModelProto, workdir: Optional[Path]) -> onnx.ModelProto:
-    """Shape inference; models over 2 GB go through a file (protobuf cannot hold them in one message)."""
-    if workdir is None:
+def _infer(model: onnx.ModelProto, path: Optional[Path]) -> onnx.ModelProto:
+    """Shape inference; models over 2 GB are inferred from their file (protobuf caps a message at 2 GiB)."""
+    if path is None:
         return onnx.shape_inference.infer_shapes(model)
-    src, dst = workdir / "infer_in.onnx", workdir / "infer_out.onnx"
-    onnx.save_model(_copy(model), str(src), save_as_external_data=True, location="infer_in.data")
-    onnx.shape_inference.infer_shapes_path(str(src), str(dst))
-    return onnx.load(str(dst), load_external_data=False)
+    dst = path.parent / f".{path.stem}.inferred.onnx"
+    try:
+        onnx.shape_inference.infer_shapes_path(str(path), str(dst))
+        return onnx.load(str(dst), load_external_data=False)
+    finally:
+        dst.unlink(missing_ok=True)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -200,24 +202,36 @@ def _augmented(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 def calibrate(model: onnx.ModelProto, batches: Iterable[dict[str, np.ndarray]], method: str = "minmax",
               percentile: float = 99.999, bins: int = 4096, max_outputs_per_run: int = 256,
-              providers: Optional[list[str]] = None) -> CalibrationResult:
-    """Collect ranges for every float activation, one model run per batch (per chunk of tensors)."""
+              providers: Optional[list[str]] = None, model_path: Optional[Path] = None) -> CalibrationResult:
+    """Collect ranges for every float activation, one model run per batch (per chunk of tensors).
+
+    `model_path`: the model's file, for models over 2 GB loaded without their external data: shape
+    inference and the instrumented copies then work beside that file and share its data file."""
+    if model_path is not None:
+        return _calibrate(model, batches, method, percentile, bins, max_outputs_per_run, providers, Path(model_path))
     big = is_big(model)
     tmp = tempfile.TemporaryDirectory(prefix="onnxcompress-cal-") if big else None
-    workdir = Path(tmp.name) if tmp else None
     try:
+        workdir = None
+        if tmp:
+            workdir = Path(tmp.name) / "model.onnx"
+            save_model(model, workdir)
         return _calibrate(model, batches, method, percentile, bins, max_outputs_per_run, providers, workdir)
     finally:
         if tmp:
             tmp.cleanup()
 
 
-def _session(model: onnx.ModelProto, opts, providers, workdir: Optional[Path], i: int) -> ort.InferenceSession:
-    if workdir is None:
+def _session(model: onnx.ModelProto, opts, providers, path: Optional[Path], i: int) -> ort.InferenceSession:
+    if path is None:
         return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
-    path = workdir / f"aug{i}.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, location=f"aug{i}.data")
-    return ort.InferenceSession(str(path), opts, providers=providers)
+    # the instrumented graph is written beside the model so its external data references resolve
+    aug = path.parent / f".{path.stem}.calib{i}.onnx"
+    try:
+        atomic_write_bytes(aug, model.SerializeToString())
+        return ort.InferenceSession(str(aug), opts, providers=providers)
+    finally:
+        aug.unlink(missing_ok=True)
 
 
 def _calibrate(model, batches, method, percentile, bins, max_outputs_per_run, providers, workdir) -> CalibrationResult:

@@ -23,7 +23,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..data import Dataset
 from ..errors import InputError
-from ..io import is_big
+from ..io import is_big, save_model
 from ..passes.base import PassRecord
 from .audit import audit
 from .calibrate import calibrate
@@ -35,7 +35,9 @@ _QTYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 def _preprocess(model: onnx.ModelProto, tmp: Path) -> Path:
     src, dst = tmp / "in.onnx", tmp / "pre.onnx"
     big = is_big(model)
-    onnx.save_model(model, str(src), save_as_external_data=big, location="in.onnx.data")
+    save_model(model, src)  # onnx.save_model would move the caller's tensors to external data
+    if big:  # ORT's pre-processing re-optimizes and rewrites 2+ GB (~30 s here): simplify/prune already ran
+        return src
     quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, save_as_external_data=big,
                       external_data_location="pre.onnx.data")
     return dst
@@ -53,6 +55,8 @@ def quantize(model: onnx.ModelProto, calibration: Optional[Dataset], config) -> 
         pre = _preprocess(model, tmp)
         out = tmp / "q.onnx"
         big = is_big(model)
+        if big:
+            rec.skip("pre-process", "model over 2 GB: ORT's quant_pre_process (BN folding, shape inference) skipped")
         common = dict(per_channel=choice.per_channel, reduce_range=choice.reduce_range,
                       weight_type=_QTYPES[choice.weight_type], use_external_data_format=big)
         if mode == "dynamic":
@@ -62,8 +66,10 @@ def quantize(model: onnx.ModelProto, calibration: Optional[Dataset], config) -> 
             if calibration is None:
                 raise InputError("static quantization needs calibration data; pass --calibration DATA.npz (or use --mode dynamic)")
             n = min(len(calibration), config.calibration_samples)
-            pre_model = onnx.load(str(pre))
-            cal = calibrate(pre_model, calibration.batches(config.batch_size, n), config.calibration, config.percentile)
+            big = is_big(model)
+            pre_model = onnx.load(str(pre), load_external_data=not big)  # big: calibrate from the file
+            cal = calibrate(pre_model, calibration.batches(config.batch_size, n), config.calibration, config.percentile,
+                            model_path=pre if big else None)
             rec.stats["calibration"] = cal.to_dict()
             cache = tmp / "ranges.json"
             save_tensors_data(TensorsData(CalibrationMethod.MinMax, {

@@ -1,14 +1,18 @@
 """Magnitude pruning of a torch model, made permanent as zeros for the ONNX channel-removal pass.
 
-Structured: channel coupling comes from the same dependency analysis the ONNX pass uses, run on an
-ONNX export of the module (parameter names are kept), so residual streams, depthwise convs and their
-expand convs are pruned consistently; the BatchNorm after each pruned conv is zeroed too, so a pruned
-channel is exactly 0 and the ONNX pass removes it exactly. Unstructured: L1 magnitude, global or per
-layer. Masks are re-applied after every optimizer step so pruned weights stay zero while fine-tuning.
+Structured: channel coupling comes from the same dependency analysis the ONNX pass uses, run on a
+TorchScript ONNX export of the module (parameter names are kept as initializer names), so residual
+streams, depthwise convs and their expand convs are pruned consistently. Each chosen channel is zeroed
+in every producer (weight rows, bias) and in the BatchNorm that reads the producer's output (gamma and
+beta), so the channel is exactly 0 after BN(+ReLU) and the ONNX pass removes it exactly. A group with
+a producer whose weight cannot be mapped back to a torch parameter is kept whole (never half-pruned).
+Unstructured: L1 magnitude to a sparsity target, one threshold globally or one per layer.
+Masks are re-applied after every optimizer step so pruned weights stay zero while fine-tuning.
 """
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..errors import ExportError
 from ..passes.prune.remove import analyze
 from ..passes.prune.structured import select
 
@@ -30,72 +35,102 @@ class Masks:
         import torch
 
         params = dict(module.named_parameters())
-        buffers = dict(module.named_buffers())
         with torch.no_grad():
             for name, mask in self.keep.items():
-                t = params.get(name, buffers.get(name))
+                t = params[name]
                 t.mul_(mask.to(t.dtype))
 
+    def merge(self, other: "Masks") -> "Masks":
+        """Keep only what both keep (iterative schedules never revive a pruned weight)."""
+        out = Masks(dict(self.keep))
+        for name, m in other.keep.items():
+            out.keep[name] = m if name not in out.keep else (out.keep[name] & m)
+        return out
+
     def sparsity(self) -> float:
+        """Share of zeroed entries among the masked tensors."""
         total = sum(m.numel() for m in self.keep.values())
         return 1.0 - sum(int(m.sum()) for m in self.keep.values()) / total if total else 0.0
 
 
-def _bn_after(module) -> dict[str, str]:
-    """conv/linear module name -> the BatchNorm module applied to its output (torch.fx, else Sequential order)."""
-    import torch
-
-    pairs: dict[str, str] = {}
-    try:
-        gm = torch.fx.symbolic_trace(module)
-        mods = dict(module.named_modules())
-        for node in gm.graph.nodes:
-            if node.op == "call_module" and isinstance(mods.get(node.target), torch.nn.modules.batchnorm._BatchNorm):
-                src = node.args[0]
-                if getattr(src, "op", None) == "call_module" and len(src.users) == 1:
-                    pairs[src.target] = node.target
-        return pairs
-    except Exception:  # noqa: BLE001 - fx cannot trace every model; fall back to Sequential neighbours
-        for name, mod in module.named_modules():
-            if isinstance(mod, torch.nn.Sequential):
-                kids = list(mod.named_children())
-                for (a, ma), (b, mb) in zip(kids, kids[1:]):
-                    if isinstance(mb, torch.nn.modules.batchnorm._BatchNorm):
-                        pairs[f"{name}.{a}" if name else a] = f"{name}.{b}" if name else b
-        return pairs
+def weight_sparsity(module) -> float:
+    """Share of exact zeros among all Conv/Linear weights (dim >= 2) of the module."""
+    ws = [p.detach() for n, p in module.named_parameters() if n.endswith("weight") and p.dim() >= 2]
+    total = sum(w.numel() for w in ws)
+    return float(sum(int((w == 0).sum()) for w in ws) / total) if total else 0.0
 
 
-def structured_masks(module, example: tuple, ratio: float, criterion: str = "l2", scope: str = "global",
-                     align: int = 8, min_channels: int = 8) -> tuple[Masks, dict]:
-    """Choose channel groups to prune (coupled consistently) and return masks for every parameter involved."""
+def _onnx_of(module, example: tuple) -> onnx.ModelProto:
     import torch
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "m.onnx"
         was_training = module.training
         module.eval()
-        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17, do_constant_folding=False)
-        module.train(was_training)
-        model = onnx.load(str(path))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17,
+                                  do_constant_folding=False, training=torch.onnx.TrainingMode.EVAL)
+        except Exception as exc:  # noqa: BLE001 - any exporter failure means no channel analysis
+            raise ExportError(f"structured pruning needs a TorchScript ONNX export of the model for its channel "
+                              f"analysis, which failed ({type(exc).__name__}: {str(exc).strip()[:200]}); "
+                              "use --unstructured") from None
+        finally:
+            module.train(was_training)
+        return onnx.load(str(path))
+
+
+def structured_masks(module, example: tuple, ratio: float, criterion: str = "l2", scope: str = "global",
+                     align: int = 8, min_channels: int = 8) -> tuple[Masks, dict]:
+    """Choose channel groups to prune (coupled consistently) and return masks for every parameter involved.
+
+    The summary maps each layer (its producer nodes) to width before/after, plus `kept_unmapped`: groups
+    kept because a producer's weight has no torch parameter name."""
+    import torch
+
+    model = _onnx_of(module, example)
     ctx = analyze(model, exact=False)
-    chosen, summary = select(ctx, ratio, criterion, scope, align, min_channels)
     params = dict(module.named_parameters())
-    bn = _bn_after(module)
+    # groups whose producers cannot all be masked in torch are treated as blocked
+    unmapped: set[int] = set()
+    for node, wname, ids in ctx.producers:
+        w = params.get(wname)
+        if w is None or node.op_type not in ("Conv", "Gemm") or w.shape[0] != len(ids) or _transposed(node):
+            unmapped.update(ctx.roots(ids).tolist())
+    for root in unmapped:
+        ctx.blocked.setdefault(root, ("torch", "a producer weight is not a torch parameter"))
+    chosen, summary = select(ctx, ratio, criterion, scope, align, min_channels)
+    chosen -= unmapped
     masks = Masks()
     for node, wname, ids in ctx.producers:
         if wname not in params:
-            continue  # a weight the exporter renamed: its channels stay (counted in the summary)
-        rows = torch.from_numpy(~np.isin(ctx.roots(ids), list(chosen)))
-        mod_name = wname[: -len(".weight")]
+            continue
+        keep = torch.from_numpy(~np.isin(ctx.roots(ids), list(chosen)))
+        if keep.all():
+            continue
         w = params[wname]
-        if node.op_type in ("Conv", "Gemm") and w.shape[0] == len(rows):
-            _and(masks, wname, rows.view(-1, *([1] * (w.dim() - 1))).expand_as(w).clone())
-            if f"{mod_name}.bias" in params:
-                _and(masks, f"{mod_name}.bias", rows.clone())
-            if mod_name in bn:
-                for p in ("weight", "bias"):
-                    _and(masks, f"{bn[mod_name]}.{p}", rows.clone())
+        _and(masks, wname, keep.view(-1, *([1] * (w.dim() - 1))).expand_as(w).clone())
+        if len(node.input) > 2 and node.input[2] in params:
+            _and(masks, node.input[2], keep.clone())
+        for name in _bn_params(ctx, node):
+            if name in params and params[name].shape == keep.shape:
+                _and(masks, name, keep.clone())
+    summary["kept_unmapped"] = {"groups": len(unmapped)}
     return masks, summary
+
+
+def _transposed(node: onnx.NodeProto) -> bool:
+    """Gemm without transB stores the weight [in, out]: rows are not output channels."""
+    return node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute)
+
+
+def _bn_params(ctx, node: onnx.NodeProto) -> list[str]:
+    """Scale and bias names of the BatchNormalization that alone reads this producer's output."""
+    cons = ctx.index.consumers.get(node.output[0], [])
+    if len(cons) == 1 and cons[0].op_type == "BatchNormalization" and node.output[0] not in ctx.index.graph_outputs:
+        return [cons[0].input[1], cons[0].input[2]]
+    return []
 
 
 def _and(masks: Masks, name: str, keep) -> None:
@@ -103,21 +138,32 @@ def _and(masks: Masks, name: str, keep) -> None:
 
 
 def unstructured_masks(module, sparsity: float, scope: str = "global") -> Masks:
-    """L1 magnitude pruning of Conv/Linear weights to `sparsity`, one threshold globally or per layer."""
+    """L1 magnitude pruning of Conv/Linear weights (dim >= 2) to `sparsity`, one threshold globally or per layer.
+
+    Ties at the threshold are broken by position, so the sparsity is hit exactly."""
     import torch
 
-    weights = {n: p for n, p in module.named_parameters()
-               if n.endswith("weight") and p.dim() >= 2}
+    weights = {n: p for n, p in module.named_parameters() if n.endswith("weight") and p.dim() >= 2}
     masks = Masks()
-    if scope == "global":
-        allw = torch.cat([p.detach().abs().flatten() for p in weights.values()])
-        k = int(sparsity * allw.numel())
-        thr = allw.kthvalue(k).values if k > 0 else torch.tensor(-1.0)
-        for n, p in weights.items():
-            masks.keep[n] = p.detach().abs() > thr
-    else:
-        for n, p in weights.items():
-            k = int(sparsity * p.numel())
-            thr = p.detach().abs().flatten().kthvalue(k).values if k > 0 else torch.tensor(-1.0)
-            masks.keep[n] = p.detach().abs() > thr
+    if not weights:
+        return masks
+    groups = [list(weights)] if scope == "global" else [[n] for n in weights]
+    for names in groups:
+        flat = torch.cat([weights[n].detach().abs().flatten() for n in names])
+        k = int(round(sparsity * flat.numel()))
+        keep = torch.ones(flat.numel(), dtype=torch.bool)
+        if k > 0:
+            keep[torch.argsort(flat, stable=True)[:k]] = False
+        start = 0
+        for n in names:
+            size = weights[n].numel()
+            masks.keep[n] = keep[start:start + size].view_as(weights[n]).clone()
+            start += size
     return masks
+
+
+def prune_masks(module, example: tuple, cfg, ratio: float) -> tuple[Masks, dict]:
+    """Structured or unstructured masks per a TrainConfig, at `ratio` (one step of a schedule)."""
+    if cfg.structured:
+        return structured_masks(module, example, ratio, cfg.criterion, cfg.scope, cfg.align, cfg.min_channels)
+    return unstructured_masks(module, ratio, cfg.scope), {}

@@ -1,67 +1,137 @@
-"""Prune (structured or unstructured) -> fine-tune with distillation -> export -> ONNX channel removal."""
+"""Prune (structured or unstructured, optionally iterative) -> fine-tune with distillation -> export ->
+ONNX channel removal. Also the torch stages of `convert`: export, or prune + distill + export."""
 from __future__ import annotations
 
 import copy
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from ..config import ExportConfig, TrainConfig
+from ..data import InputSpec, load_data
 from ..errors import InputError
 from ..export import TensorSpec, export
-from ..io import load_model, save_model
+from ..io import load_model, model_size, save_model
 from ..passes.base import PassRecord
 from ..passes.prune import remove_zeroed_channels
-from .distill import distill, evaluate
-from .prune import structured_masks, unstructured_masks
+from ..stats import count_macs, count_params
+from .distill import Arrays, as_inputs, distill, evaluate
+from .prune import Masks, prune_masks, weight_sparsity
 
 
-def prune_and_distill(module, specs: list[TensorSpec], train_x: np.ndarray, out: str | Path, cfg: TrainConfig,
-                      train_y: Optional[np.ndarray] = None, val_x: Optional[np.ndarray] = None,
+def load_training_data(path: str | Path, specs: list[TensorSpec]) -> tuple[list[np.ndarray], Optional[np.ndarray]]:
+    """A .npz/.npy (or folder of them) with arrays named after the inputs -> one array per input, labels."""
+    ispecs = [InputSpec(s.name, tuple(s.axis_name(i) if i in s.dynamic else d for i, d in enumerate(s.shape)),
+                        np.dtype(s.dtype)) for s in specs]
+    ds = load_data(path, ispecs)
+    try:
+        xs = [np.concatenate([c[s.name] for c in ds.chunks]) for s in specs]
+    except ValueError:
+        raise InputError(f"the files in {path} hold inputs of different shapes; training needs one shape per input "
+                         "(pad sequences to one length, or pass one file)") from None
+    return xs, ds.labels
+
+
+def _example(xs: list[np.ndarray]) -> tuple:
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(a[:1])) for a in xs)
+
+
+def prune_and_distill(module, specs: list[TensorSpec], train_x: Arrays, out: str | Path, cfg: TrainConfig,
+                      train_y: Optional[np.ndarray] = None, val_x: Optional[Arrays] = None,
                       val_y: Optional[np.ndarray] = None, export_config: ExportConfig = ExportConfig(),
-                      show=None) -> PassRecord:
-    """Returns a record with top-1 (or agreement) of the teacher, the pruned model before fine-tuning and
-    after, per step of the schedule, and the ONNX removal statistics."""
+                      show: Optional[Callable] = None, check_inputs: Optional[list[tuple]] = None) -> PassRecord:
+    """Prune `module` (the teacher is left untouched), distill, export the masked student, remove its
+    zeroed channels in ONNX, write `out`. The record holds the metric (top-1 with validation labels, else
+    agreement with the teacher; mse fidelity for loss="mse") of the teacher, of the same pruning without
+    fine-tuning, and after distillation; per step of the schedule; and the ONNX removal statistics."""
     import torch
 
     cfg.validate()
-    if len(specs) != 1:
-        raise InputError("prune-distill takes single-input models for now; export multi-input models with 'export'")
+    xs = as_inputs(train_x)
+    if len(xs) != len(specs):
+        raise InputError(f"{len(xs)} training arrays for {len(specs)} model inputs; give one array per --input")
     torch.manual_seed(cfg.seed)
     rec = PassRecord("prune-distill")
     teacher = module.eval()
+    vx = as_inputs(val_x) if val_x is not None else [a[:1000] for a in xs]
+    vy = val_y if (val_x is not None and cfg.loss == "kl") else None
+    metric = lambda m: evaluate(m, vx, vy, teacher, kind=cfg.loss, select=cfg.outputs)  # noqa: E731
+    rec.stats["metric"] = ("top-1 %" if vy is not None else "agreement with the teacher %") if cfg.loss == "kl" \
+        else "fidelity to the teacher % (1 - relative squared error)"
+    rec.stats["teacher_metric"] = metric(teacher)
+    example = _example(xs)
+    # the same pruning at the full ratio, without fine-tuning: what distillation has to win back
+    direct = copy.deepcopy(teacher)
+    direct_masks, summary = prune_masks(direct, example, cfg, cfg.ratio)
+    direct_masks.apply(direct)
+    rec.stats["pruned_no_finetune_metric"] = metric(direct)
+    rec.stats["layers"] = summary
+    del direct
     student = copy.deepcopy(teacher)
-    vx = val_x if val_x is not None else train_x[:1000]
-    vy = val_y if val_x is not None else None
-    rec.stats["teacher_metric"] = evaluate(teacher, vx, vy, teacher)
-    rec.stats["metric"] = "top-1 %" if vy is not None else "agreement with the teacher %"
-    example = (torch.from_numpy(train_x[:1]),)
+    masks: Optional[Masks] = None
     steps = []
-    masks = None
     for step in range(1, cfg.steps + 1):
         ratio = cfg.ratio * step / cfg.steps
-        if cfg.structured:
-            masks, summary = structured_masks(student, example, ratio, cfg.criterion, cfg.scope, cfg.align, cfg.min_channels)
+        if step == cfg.steps and cfg.steps == 1:
+            new = direct_masks
         else:
-            masks = unstructured_masks(student, ratio, cfg.scope)
+            new, summary = prune_masks(student, example, cfg, ratio)
+        masks = new if masks is None else masks.merge(new)
         masks.apply(student)
-        before = evaluate(student, vx, vy, teacher)
-        history = distill(student, teacher, train_x, train_y, cfg, masks, vx, vy, show=show) if cfg.epochs else []
-        after = evaluate(student, vx, vy, teacher)
-        steps.append({"ratio": ratio, "pruned_metric": before, "distilled_metric": after, "history": history,
-                      "sparsity": masks.sparsity()})
+        before = metric(student)
+        history = distill(student, teacher, xs, train_y, cfg, masks, vx, vy, show=show) if cfg.epochs else []
+        steps.append({"ratio": ratio, "pruned_metric": before, "distilled_metric": metric(student),
+                      "history": history, "weight_sparsity": weight_sparsity(student)})
     rec.stats["steps"] = steps
-    rec.stats["pruned_no_finetune_metric"] = steps[0]["pruned_metric"]
     rec.stats["final_metric"] = steps[-1]["distilled_metric"]
+    rec.stats["weight_sparsity"] = weight_sparsity(student)
     with tempfile.TemporaryDirectory() as d:
         masked = Path(d) / "masked.onnx"
-        exp = export(student, specs, masked, export_config)
+        exp = export(student, specs, masked, export_config, check_inputs=check_inputs)
         rec.stats["export"] = exp.stats
-        removed, rm = remove_zeroed_channels(load_model(masked))
-    save_model(removed, out)
-    rec.stats["onnx_removal"] = {k: v for k, v in rm.stats.items()}
+        rec.skipped.extend(exp.skipped)
+        source = load_model(masked)
+        rec.stats["params_masked"] = count_params(source)
+        removed, rm = remove_zeroed_channels(source)
+    written = save_model(removed, out)
+    rec.stats["onnx_removal"] = dict(rm.stats)
+    rec.stats["params_before"] = int(sum(p.numel() for p in teacher.parameters()))
+    rec.stats["params_after"] = count_params(removed)
+    rec.stats["macs_after"] = count_macs(removed)[0]
+    rec.stats["size_bytes"] = model_size(written)
     rec.skipped.extend(rm.skipped)
-    rec.changed.append(str(out))
+    rec.changed.append(str(written))
     return rec
+
+
+def torch_stages(source: str, weights: Optional[str], specs: list[TensorSpec], out_dir: str | Path,
+                 export_config: ExportConfig, train_config: TrainConfig, train_data: Optional[str | Path] = None,
+                 val_data: Optional[str | Path] = None, show: Optional[Callable] = None) -> tuple[Path, list[PassRecord]]:
+    """The torch stages of `convert`: load the model, export it (fp32) and, when train_config.enabled,
+    prune + distill it on `train_data` (labels used only with alpha > 0) into `<stem>.distilled.onnx`.
+    Returns the ONNX model the ONNX stages continue from, and one record per torch stage."""
+    from ..torchload import load_any
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output folder {out} is a file; choose a folder path for -o")
+    if train_config.enabled and train_data is None:
+        raise InputError("prune + distill needs training data (unlabeled is fine); pass --calibration DATA.npz")
+    xs = ys = vx = vy = None
+    if train_config.enabled:  # read data before the slow work: bad files fail fast
+        xs, ys = load_training_data(train_data, specs)
+        if val_data is not None:
+            vx, vy = load_training_data(val_data, specs)
+    module = load_any(source, weights)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(source.rpartition(":")[0] if ":" in source and not Path(source).exists() else source).stem
+    records = [export(module, specs, out / f"{stem}.onnx", export_config)]
+    path = out / f"{stem}.onnx"
+    if train_config.enabled:
+        path = out / f"{stem}.distilled.onnx"
+        records.append(prune_and_distill(module, specs, xs, path, train_config, ys, vx, vy, export_config, show))
+    return path, records

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ...io import is_big
+
 
 @dataclass
 class Channels:
@@ -71,6 +73,7 @@ class GraphIndex:
         self.model = model
         g = model.graph
         self.inits: dict[str, onnx.TensorProto] = {i.name: i for i in g.initializer}
+        self._cache: dict[str, np.ndarray] = {}
         self.const_nodes: dict[str, onnx.NodeProto] = {}
         for n in g.node:
             if n.op_type == "Constant" and any(a.name == "value" for a in n.attribute):
@@ -84,7 +87,7 @@ class GraphIndex:
         self.graph_outputs = {o.name for o in g.output}
         self.shapes: dict[str, list[Optional[int]]] = {}
         try:
-            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+            inferred = model if is_big(model) else onnx.shape_inference.infer_shapes(model, data_prop=True)
         except Exception:  # noqa: BLE001 - without shapes, nodes that need them are blocked with a reason
             inferred = model
         for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
@@ -95,14 +98,28 @@ class GraphIndex:
             self.shapes[name] = list(t.dims)
 
     def const(self, name: str) -> Optional[np.ndarray]:
+        """The constant's value (read-only: cached, shared between handlers; set_const replaces it)."""
+        if name in self._cache:
+            return self._cache[name]
+        value = self._load(name)
+        if value is not None:
+            value.flags.writeable = False
+            self._cache[name] = value
+        return value
+
+    def _load(self, name: str) -> Optional[np.ndarray]:
         if name in self.inits:
-            return numpy_helper.to_array(self.inits[name])
+            t = self.inits[name]
+            if t.data_type == onnx.TensorProto.FLOAT and t.raw_data and len(t.raw_data) == 4 * int(np.prod(t.dims)):
+                return np.frombuffer(t.raw_data, dtype="<f4").reshape(tuple(t.dims))  # no copy of big weights
+            return numpy_helper.to_array(t)
         n = self.const_nodes.get(name)
         if n is not None:
             return numpy_helper.to_array(next(a.t for a in n.attribute if a.name == "value"))
         return None
 
     def set_const(self, name: str, value: np.ndarray) -> None:
+        self._cache.pop(name, None)
         if name in self.inits:
             self.inits[name].CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(self.inits[name]).dtype), name))
         else:
