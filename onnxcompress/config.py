@@ -84,6 +84,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_dir: Optional[str] = None
     outputs: tuple[int, ...] = ()  # model outputs the loss uses (flattened order); empty = all
+    shrink: bool = True  # fine-tune a physically smaller copy (faster), scattered back into the masked model
 
     def validate(self) -> None:
         if not 0.0 <= self.ratio < 1.0:

@@ -153,9 +153,10 @@ def _checkpoint(cfg: TrainConfig, name: str, state: dict, history: list[dict]) -
 
 def distill(student, teacher, x: Arrays, labels: Optional[np.ndarray], cfg: TrainConfig, masks: Optional[Masks],
             val_x: Optional[Arrays] = None, val_labels: Optional[np.ndarray] = None,
-            show: Optional[Callable] = progress) -> list[dict]:
+            show: Optional[Callable] = progress, checkpoint_state: Optional[Callable] = None) -> list[dict]:
     """Train `student` to match `teacher` on x (labels used only when cfg.alpha > 0). The best state by the
-    validation metric is restored at the end. Returns the history, one dict per epoch."""
+    validation metric is restored at the end. Returns the history, one dict per epoch.
+    checkpoint_state: maps the student's state_dict to what is checkpointed (e.g. full-width weights)."""
     import torch
 
     cfg.validate()
@@ -221,9 +222,10 @@ def distill(student, teacher, x: Arrays, labels: Optional[np.ndarray], cfg: Trai
         else:
             bad += 1
         if cfg.checkpoint_dir:
-            _checkpoint(cfg, "last", student.state_dict(), history)
+            conv = checkpoint_state or (lambda sd: sd)
+            _checkpoint(cfg, "last", conv(student.state_dict()), history)
             if improved:
-                _checkpoint(cfg, "best", best_state, history)
+                _checkpoint(cfg, "best", conv(best_state), history)
         if bad >= cfg.patience:
             history[-1]["early_stop"] = True
             break

@@ -573,11 +573,32 @@ class Split(Handler):
 
 
 class Flatten(Handler):
-    """[N, C, H, W] -> [N, C*H*W]: one channel becomes a block of H*W features (channel-major)."""
+    """[N, C, H, W] -> [N, C*H*W]: one channel becomes a block of H*W features (channel-major).
+    Also Reshape that keeps the last (channel) axis, e.g. [N*S, C] <-> [N, S, C] around a Gemm."""
+
+    def _last_dim_source(self, node, ctx) -> Optional[tuple[str, np.ndarray]]:
+        """(constant holding the target shape's last element, its value) for a Reshape."""
+        name = node.input[1]
+        c = ctx.index.const(name)
+        if c is not None:
+            return name, c
+        prod = ctx.index.producer.get(name)
+        if prod is not None and prod.op_type == "Concat" and attr(prod, "axis", 0) == 0:
+            tail = ctx.index.const(prod.input[-1])
+            if tail is not None and ctx.index.uses(prod.input[-1]) == 1:
+                return prod.input[-1], tail
+        return None
 
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
         if x is None:
+            return
+        if node.op_type == "Reshape" and _is_last(x, ctx, node.input[0]):
+            src = self._last_dim_source(node, ctx)
+            if src is not None and src[1].size and int(src[1].reshape(-1)[-1]) == len(x.ids):
+                ctx.tensors[node.output[0]] = Channels(-1, x.ids, x.const)
+                return
+            ctx.block(x.ids, _target(node), "Reshape that changes the last (channel) axis")
             return
         shape = ctx.index.shapes.get(node.input[0])
         if node.op_type == "Flatten":
@@ -592,11 +613,19 @@ class Flatten(Handler):
         ctx.tensors[node.output[0]] = Channels(-1, np.repeat(x.ids, spatial), np.repeat(x.const, spatial))
 
     def apply(self, node, ctx, kept):
-        if node.op_type != "Reshape" or kept(node.output[0]) is None:
+        k = kept(node.output[0])
+        if node.op_type != "Reshape" or k is None:
+            return
+        x = ctx.tensors[node.input[0]]
+        if len(x.ids) == len(ctx.tensors[node.output[0]].ids) and _is_last(x, ctx, node.input[0]):
+            name, value = self._last_dim_source(node, ctx)
+            value = value.copy()
+            value.reshape(-1)[-1] = int(k.sum())
+            ctx.index.set_const(name, value)
             return
         target = ctx.index.const(node.input[1]).copy()
         if target[1] not in (-1, 0):
-            target[1] = -1 if target[0] not in (-1,) else int(kept(node.output[0]).sum())
+            target[1] = -1 if target[0] not in (-1,) else int(k.sum())
             ctx.index.set_const(node.input[1], target)
 
 
