@@ -64,12 +64,34 @@ def _ticks(progress):
     return getattr(progress, "ticks", None)
 
 
-def convert(model_path: str | Path, out_dir: str | Path, config: PipelineConfig,
+@dataclass
+class TorchSource:
+    """A torch model entering the pipeline: exported first, then (config.train) pruned and distilled."""
+
+    module: Any
+    specs: list  # list[export.TensorSpec]
+    name: str = "model"
+
+
+def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: PipelineConfig,
             calibration: Optional[str | Path] = None, validation: Optional[str | Path] = None,
-            progress=None) -> dict[str, Any]:
-    """Run the pipeline; writes the stage models and report.json into out_dir and returns the report."""
+            progress=None, train_data: Optional[str | Path] = None) -> dict[str, Any]:
+    """Run the pipeline; writes the stage models and report.json into out_dir and returns the report.
+
+    `model_path` is an ONNX file, or a TorchSource: then the stages start with export (checked against
+    torch) and, with config.train enabled, torch-side pruning + distillation on `train_data` (default:
+    the calibration data, label-free) whose result, channels removed, is the "pruned" stage."""
     config.validate()
     say = progress or (lambda msg: None)
+    torch_src = model_path if isinstance(model_path, TorchSource) else None
+    export_rec = None
+    if torch_src is not None:
+        from .export import export
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        say("export")
+        model_path = Path(out_dir) / f"{torch_src.name}.onnx"
+        export_rec = export(torch_src.module, torch_src.specs, model_path, config.export)
     src = Path(model_path)
     model = load_model(src)
     specs = input_specs(model)
@@ -84,7 +106,7 @@ def convert(model_path: str | Path, out_dir: str | Path, config: PipelineConfig,
     stem = src.stem
     check_output_path(out / f"{stem}.int8.onnx", src)
 
-    stages = [Stage("fp32", src)]
+    stages = [Stage("fp32", src, export_rec)]
     current = model
     if config.simplify.enabled:
         from .passes.simplify import simplify
@@ -93,6 +115,23 @@ def convert(model_path: str | Path, out_dir: str | Path, config: PipelineConfig,
         t0 = time.perf_counter()
         current, rec = simplify(current)
         stages.append(Stage("simplified", save_model(current, out / f"{stem}.simplified.onnx"), rec, time.perf_counter() - t0))
+    if torch_src is not None and config.train.enabled:
+        import numpy as np
+
+        from .train.run import prune_and_distill
+
+        say("prune-distill")
+        t0 = time.perf_counter()
+        name = torch_src.specs[0].name
+        tdata = load_data(train_data, specs) if train_data else calib
+        if tdata is None:
+            raise InputError("torch-side pruning needs data to distill on; pass --train-data or --calibration")
+        vx = np.concatenate([c[name] for c in val.chunks]) if val is not None else None
+        rec = prune_and_distill(torch_src.module, torch_src.specs, np.concatenate([c[name] for c in tdata.chunks]),
+                                out / f"{stem}.distilled.onnx", config.train, val_x=vx,
+                                val_y=val.labels if val is not None else None, export_config=config.export)
+        current = load_model(out / f"{stem}.distilled.onnx")
+        stages.append(Stage("distilled", out / f"{stem}.distilled.onnx", rec, time.perf_counter() - t0))
     if config.prune.enabled:
         from .passes.prune import prune_model
 

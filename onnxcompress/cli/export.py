@@ -65,7 +65,8 @@ def export_cmd(source, output, weights, inputs, opset, exporter, static_batch, o
     rec = export(module, specs, out, cfg, output_names=list(output_names) or None, check_inputs=checks)
     s = rec.stats
     lines = [f"wrote {out}{' (+ ' + str(out) + '.data)' if s['external_data'] else ''} "
-             f"(exporter {s['exporter']}, opset {s['opset']})",
+             f"(exporter {s['exporter']}, opset {s['opset']}"
+             f"{'' if s['opset'] == s['opset_requested'] else ', the dynamo exporter needs >= 18'})",
              f"checked against torch on {s['checked_inputs']} inputs ({s['checked_provided']} provided): "
              f"max abs error {s['max_abs_error']:.2e}, max rel error {s['max_rel_error']:.2e}"]
     if "fallback_reason" in s:

@@ -42,22 +42,27 @@ def _pipeline_from_flags(config, **kw) -> PipelineConfig:
         cfg = dataclasses.replace(cfg, prune=dataclasses.replace(cfg.prune, enabled=True, ratio=kw["prune_ratio"]))
     if kw.get("runs") is not None:
         cfg = dataclasses.replace(cfg, bench=dataclasses.replace(cfg.bench, runs=kw["runs"]))
+    if kw.get("train_ratio") is not None:
+        train = dataclasses.replace(cfg.train, enabled=True, ratio=kw["train_ratio"])
+        if kw.get("train_epochs") is not None:
+            train = dataclasses.replace(train, epochs=kw["train_epochs"])
+        cfg = dataclasses.replace(cfg, train=train)
     cfg.validate()
     return cfg
 
 
-def _run_convert(model, out_dir, cfg, calibration, validation, as_json):
+def _run_convert(model, out_dir, cfg, calibration, validation, as_json, train_data=None):
     from ..pipeline import convert
     from ..report import stage_table
 
     report = convert(model, out_dir, cfg, calibration, validation,
-                     progress=None if as_json else (lambda s: click.echo(f"[{s}]", err=True)))
+                     progress=None if as_json else (lambda s: click.echo(f"[{s}]", err=True)), train_data=train_data)
     emit(as_json, report, stage_table(report) + f"\n\nreport: {', '.join(report['files'])}")
     return report
 
 
 @click.command("convert")
-@click.argument("model", type=click.Path())
+@click.argument("model")
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False))
 @click.option("--calibration", "-c", type=click.Path(), help="Calibration data .npz.")
 @click.option("--validation", "-v", type=click.Path(), help="Validation data .npz (with labels for top-1).")
@@ -65,12 +70,30 @@ def _run_convert(model, out_dir, cfg, calibration, validation, as_json):
 @click.option("--prune-ratio", type=float, help="Enable ONNX structured pruning at this ratio.")
 @click.option("--no-quantize", is_flag=True)
 @click.option("--runs", type=int, help="Benchmark runs per model.")
+@click.option("--input", "inputs", multiple=True, help="Torch models: NAME:Nx1x28x28[:dtype] (MODEL is then a factory, TorchScript or .pt2).")
+@click.option("--weights", type=click.Path(), help="Torch models: state dict for the factory.")
+@click.option("--train-ratio", type=float, help="Torch models: structured pruning ratio, fine-tuned by distillation.")
+@click.option("--train-epochs", type=int, help="Torch models: distillation epochs.")
+@click.option("--train-data", type=click.Path(), help="Torch models: data to distill on (default: the calibration data).")
 @json_option
 @handle_errors
-def convert_cmd(model, output_dir, calibration, validation, config, prune_ratio, no_quantize, runs, as_json):
-    """Run the stages in order (simplify, prune, quantize, validate, bench) and write a report."""
-    cfg = _pipeline_from_flags(config, prune_ratio=prune_ratio, no_quantize=no_quantize, runs=runs)
-    _run_convert(model, output_dir, cfg, calibration, validation, as_json)
+def convert_cmd(model, output_dir, calibration, validation, config, prune_ratio, no_quantize, runs, inputs, weights,
+                train_ratio, train_epochs, train_data, as_json):
+    """Run the stages in order and write a report: [export, prune-distill,] simplify, prune, quantize,
+    validate, bench. MODEL is an .onnx file, or with --input a torch model (factory, TorchScript, .pt2)."""
+    cfg = _pipeline_from_flags(config, prune_ratio=prune_ratio, no_quantize=no_quantize, runs=runs,
+                               train_ratio=train_ratio, train_epochs=train_epochs)
+    source = model
+    if inputs:
+        from ..pipeline import TorchSource
+        from ..torchload import load_any, parse_input_spec
+
+        specs = [parse_input_spec(i) for i in inputs]
+        name = Path(model.split(":")[0]).stem or "model"
+        source = TorchSource(load_any(model, weights), specs, name)
+    elif cfg.train.enabled:
+        raise InputError("--train-ratio needs a torch model: pass MODEL as a factory with --input (and --weights)")
+    _run_convert(source, output_dir, cfg, calibration, validation, as_json, train_data)
 
 
 @click.command("demo")

@@ -1,5 +1,5 @@
 """Prune (structured or unstructured, optionally iterative) -> fine-tune with distillation -> export ->
-ONNX channel removal. Also the torch stages of `convert`: export, or prune + distill + export."""
+ONNX channel removal. `convert` (pipeline.py) calls prune_and_distill for torch sources."""
 from __future__ import annotations
 
 import copy
@@ -16,6 +16,7 @@ from ..export import TensorSpec, export
 from ..io import load_model, model_size, save_model
 from ..passes.base import PassRecord
 from ..passes.prune import remove_zeroed_channels
+from ..passes.simplify import simplify
 from ..stats import count_macs, count_params
 from .distill import Arrays, as_inputs, distill, evaluate
 from .prune import Masks, prune_masks, weight_sparsity
@@ -115,6 +116,10 @@ def prune_and_distill(module, specs: list[TensorSpec], train_x: Arrays, out: str
         rec.skipped.extend(exp.skipped)
         source = load_model(masked)
         rec.stats["params_masked"] = count_params(source)
+        # fold the exporter's shape arithmetic (dynamo writes Shape->Concat->Reshape) so the channel
+        # analysis sees constant reshapes; onnxsim keeps the model numerically equal
+        source, simp = simplify(source)
+        rec.skipped.extend(simp.skipped)
         removed, rm = remove_zeroed_channels(source)
     written = save_model(removed, out)
     rec.stats["onnx_removal"] = dict(rm.stats)
@@ -126,31 +131,3 @@ def prune_and_distill(module, specs: list[TensorSpec], train_x: Arrays, out: str
     rec.changed.append(str(written))
     return rec
 
-
-def torch_stages(source: str, weights: Optional[str], specs: list[TensorSpec], out_dir: str | Path,
-                 export_config: ExportConfig, train_config: TrainConfig, train_data: Optional[str | Path] = None,
-                 val_data: Optional[str | Path] = None, show: Optional[Callable] = None) -> tuple[Path, list[PassRecord]]:
-    """The torch stages of `convert`: load the model, export it (fp32) and, when train_config.enabled,
-    prune + distill it on `train_data` (labels used only with alpha > 0) into `<stem>.distilled.onnx`.
-    Returns the ONNX model the ONNX stages continue from, and one record per torch stage."""
-    from ..torchload import load_any
-
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output folder {out} is a file; choose a folder path for -o")
-    if train_config.enabled and train_data is None:
-        raise InputError("prune + distill needs training data (unlabeled is fine); pass --calibration DATA.npz")
-    xs = ys = vx = vy = None
-    if train_config.enabled:  # read data before the slow work: bad files fail fast
-        xs, ys = load_training_data(train_data, specs)
-        if val_data is not None:
-            vx, vy = load_training_data(val_data, specs)
-    module = load_any(source, weights)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = Path(source.rpartition(":")[0] if ":" in source and not Path(source).exists() else source).stem
-    records = [export(module, specs, out / f"{stem}.onnx", export_config)]
-    path = out / f"{stem}.onnx"
-    if train_config.enabled:
-        path = out / f"{stem}.distilled.onnx"
-        records.append(prune_and_distill(module, specs, xs, path, train_config, ys, vx, vy, export_config, show))
-    return path, records

@@ -76,3 +76,25 @@ def test_bad_input_is_one_line_exit_2(runner, tmp_path, tiny_model_path, tiny_da
     assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in res.output
     assert not (tmp_path / "o.onnx").exists()
     assert tiny_model_path.read_bytes() == before
+
+
+def test_convert_from_torch_with_prune_and_distill(runner, tmp_path):
+    pytest.importorskip("torch")
+    f = tmp_path / "net.py"
+    f.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),\n"
+        "                               torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),\n"
+        "                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 3))\n")
+    np.savez(tmp_path / "d.npz", input=make_data(64)["input"])
+    res = runner.invoke(main, ["convert", f"{f}:build", "--input", "input:Nx1x8x8", "-o", str(tmp_path / "out"),
+                               "-c", str(tmp_path / "d.npz"), "-v", str(tmp_path / "d.npz"), "--train-ratio", "0.5",
+                               "--train-epochs", "1", "--runs", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert [s["name"] for s in report["stages"]] == ["fp32", "simplified", "distilled", "int8"]
+    fp32, _, distilled, _ = (s["metrics"] for s in report["stages"])
+    assert distilled["params"] < fp32["params"] and distilled["macs"] < fp32["macs"]
+    assert report["stages"][0]["record"]["name"] == "export"

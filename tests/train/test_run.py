@@ -1,6 +1,4 @@
 """prune -> distill -> export -> ONNX channel removal, end to end on tiny models."""
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
@@ -13,11 +11,10 @@ from train_nets import InvRes, TwoHeads  # noqa: E402
 from onnxcompress.config import ExportConfig, TrainConfig  # noqa: E402
 from onnxcompress.errors import InputError  # noqa: E402
 from onnxcompress.export import TensorSpec  # noqa: E402
-from onnxcompress.train.run import prune_and_distill, torch_stages  # noqa: E402
+from onnxcompress.train.run import prune_and_distill  # noqa: E402
 
 torch.set_num_threads(2)
 TS = ExportConfig(exporter="torchscript")
-NETS = str(Path(__file__).with_name("train_nets.py"))
 
 
 def _x(n=64, seed=0):
@@ -55,14 +52,3 @@ def test_multi_input_mse_model(tmp_path):
     with pytest.raises(InputError, match="one array per --input"):
         prune_and_distill(net, specs, xs[:1], tmp_path / "u.onnx", cfg, export_config=TS)
 
-
-def test_torch_stages_for_convert(tmp_path):
-    np.savez(tmp_path / "calib.npz", input=_x(48))
-    path, recs = torch_stages(f"{NETS}:invres", None, [TensorSpec("input", (1, 1, 6, 6))], tmp_path / "out", TS,
-                              TrainConfig(enabled=True, epochs=1, batch_size=16, align=4, min_channels=4),
-                              train_data=tmp_path / "calib.npz")
-    assert path.name == "train_nets.distilled.onnx" and (tmp_path / "out" / "train_nets.onnx").exists()
-    assert [r.name for r in recs] == ["export", "prune-distill"]
-    with pytest.raises(InputError, match="needs training data"):
-        torch_stages(f"{NETS}:invres", None, [TensorSpec("input", (1, 1, 6, 6))], tmp_path / "o2", TS,
-                     TrainConfig(enabled=True), train_data=None)

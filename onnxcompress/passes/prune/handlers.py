@@ -603,9 +603,14 @@ class Flatten(Handler):
         shape = ctx.index.shapes.get(node.input[0])
         if node.op_type == "Flatten":
             ok = attr(node, "axis", 1) == 1
-        else:  # Reshape to [N, -1] / [0, -1] / [N, C*H*W]
+        else:  # Reshape to [N, -1] / [0, -1] / [N, C*H*W]; N may come from Shape (dynamo: Concat(Shape..., [C*H*W]))
             target = ctx.index.const(node.input[1])
-            ok = target is not None and target.size == 2 and attr(node, "allowzero", 0) == 0
+            ok = target is not None and target.size == 2 and (attr(node, "allowzero", 0) == 0 or 0 not in target)
+            if target is None and ctx.index.rank(node.output[0]) == 2 and shape is not None \
+                    and all(d is not None for d in shape[2:]):
+                src = self._last_dim_source(node, ctx)
+                flat = len(x.ids) * (int(np.prod(shape[2:])) if len(shape) > 2 else 1)
+                ok = src is not None and int(src[1].reshape(-1)[-1]) in (-1, flat)
         if not ok or x.axis != 1 or shape is None or any(d is None for d in shape[2:]):
             ctx.block(x.ids, _target(node), f"{node.op_type} that does not flatten [N, C, ...] with known spatial size")
             return
@@ -623,7 +628,15 @@ class Flatten(Handler):
             value.reshape(-1)[-1] = int(k.sum())
             ctx.index.set_const(name, value)
             return
-        target = ctx.index.const(node.input[1]).copy()
+        target = ctx.index.const(node.input[1])
+        if target is None:  # dynamic batch: the feature count is the constant tail of a Concat
+            name, tail = self._last_dim_source(node, ctx)
+            if int(tail.reshape(-1)[-1]) != -1:
+                tail = tail.copy()
+                tail.reshape(-1)[-1] = int(k.sum())
+                ctx.index.set_const(name, tail)
+            return
+        target = target.copy()
         if target[1] not in (-1, 0):
             target[1] = -1 if target[0] not in (-1,) else int(k.sum())
             ctx.index.set_const(node.input[1], target)
