@@ -5,8 +5,8 @@ removal and int8 quantization; and what unstructured sparsity does (and does not
 
 Distillation data: unlabeled Fashion-MNIST training images (Debian package dataset-fashion-mnist) when
 installed, else the bundled 512-image calibration set. Labels are never used for training or model
-selection: early stopping watches the agreement with the teacher on the calibration images. The bundled
-2000-image validation set (test split) is used only for the reported top-1 numbers.
+selection: early stopping watches the agreement with the teacher on 2000 held-out unlabeled training
+images. The bundled 2000-image validation set (test split) is used only for the reported top-1 numbers.
 """
 from __future__ import annotations
 
@@ -25,16 +25,21 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "models"))
 
 
-def training_images(n: int) -> tuple[np.ndarray, str]:
+def training_images(n: int, held_out: int = 2000) -> tuple[np.ndarray, np.ndarray, str]:
+    """(training images, disjoint held-out images for early stopping, description); no labels."""
     try:
         from train_fashion import find_data_dir, load_split
 
         x, _ = load_split(find_data_dir(), "train")
-        idx = np.random.default_rng(0).permutation(len(x))[:n]
-        return np.ascontiguousarray(x[idx]), f"{len(idx)} unlabeled Fashion-MNIST training images"
+        idx = np.random.default_rng(0).permutation(len(x))
+        n = min(n, len(x) - held_out)
+        return (np.ascontiguousarray(x[idx[:n]]), np.ascontiguousarray(x[idx[-held_out:]]),
+                f"{n} unlabeled Fashion-MNIST training images; early stopping on agreement with the teacher on "
+                f"{held_out} other unlabeled training images")
     except SystemExit:
         x = np.load(ROOT / "calibration" / "fashion_calib.npz")["input"]
-        return x, f"the {len(x)} bundled calibration images (install dataset-fashion-mnist for more)"
+        return x, x, (f"the {len(x)} bundled calibration images (install dataset-fashion-mnist for more); early "
+                      "stopping on agreement with the teacher on the same images")
 
 
 def gz_size(p: Path) -> int:
@@ -65,6 +70,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--runs", type=int, default=300, help="latency runs per model")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -76,7 +82,7 @@ def main() -> None:
     teacher = build()
     teacher.load_state_dict(load_weights(ROOT / "models" / "fashion_net.safetensors"))
     teacher.eval()
-    x, source = training_images(args.images)
+    x, held_out, source = training_images(args.images)
     fp32_top1 = evaluate(teacher, vx, vy)
 
     student = copy.deepcopy(teacher)
@@ -84,17 +90,16 @@ def main() -> None:
     masks.apply(student)
     pruned_top1 = evaluate(student, vx, vy)
     cfg = TrainConfig(enabled=True, ratio=args.ratio, epochs=args.epochs, lr=args.lr, batch_size=128,
-                      temperature=4.0, patience=2)
+                      temperature=args.temperature, patience=2)
     t0 = time.perf_counter()
-    history, how = finetune(student, teacher, [x], None, cfg, masks, [calib], None)
+    history, how = finetune(student, teacher, [x], None, cfg, masks, [held_out], None)
     train_s = time.perf_counter() - t0
     distilled_top1 = evaluate(student, vx, vy)
     drop = fp32_top1 - distilled_top1
     print(f"\nstructured {100 * args.ratio:.0f}% channel pruning (L2 filter norm, global, residual/depthwise groups "
           f"coupled) of the bundled FashionNet")
-    print(f"label-free distillation (T=4) on {source}: {len(history)} epoch(s), {train_s:.0f} s, trained as {how}")
-    print("early stopping on agreement with the teacher on the 512 calibration images (no labels); "
-          "top-1 below on the 2000-image validation set")
+    print(f"label-free distillation (T={cfg.temperature:g}) on {source}")
+    print(f"{len(history)} epoch(s), {train_s:.0f} s, training: {how}; top-1 on the 2000-image validation set:")
     print(f"   FP32 top-1                   {fp32_top1:6.2f}")
     print(f"   pruned, no fine-tuning       {pruned_top1:6.2f}  (drop {fp32_top1 - pruned_top1:5.2f} points)")
     print(f"   pruned + distilled           {distilled_top1:6.2f}  (drop {drop:5.2f} points: "

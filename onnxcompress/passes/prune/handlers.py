@@ -90,6 +90,18 @@ def _add_bias(node, ctx, idx: int, value: np.ndarray) -> None:
     node.input.append(name)
 
 
+def _slice_in_out(node, ctx, kept: Kept):
+    """Slice a weight laid out [in, out, ...] (ConvTranspose, MatMul) by the kept input and output channels."""
+    w = ctx.index.const(node.input[1])
+    ko, ki = kept(node.output[0]), kept(node.input[0])
+    if ki is not None:
+        w = w[ki]
+    if ko is not None:
+        w = w[:, ko]
+    ctx.index.set_const(node.input[1], w)
+    return ko
+
+
 class Conv(Handler):
     def _padded(self, node, w) -> bool:
         pads = attr(node, "pads", [])
@@ -185,13 +197,7 @@ class ConvTranspose(Conv):
         ctx.tensors[node.output[0]] = Channels(1, ids, np.where(rows_zero, bias, np.nan))
 
     def apply(self, node, ctx, kept):
-        w = ctx.index.const(node.input[1])
-        ko, ki = kept(node.output[0]), kept(node.input[0])
-        if ki is not None:
-            w = w[ki]
-        if ko is not None:
-            w = w[:, ko]
-        ctx.index.set_const(node.input[1], w)
+        ko = _slice_in_out(node, ctx, kept)
         _, b = _bias(node, ctx, 2)
         if b is not None and ko is not None:
             ctx.index.set_const(node.input[2], b[ko])
@@ -291,13 +297,7 @@ class MatMul(Handler):
         ctx.tensors[node.output[0]] = Channels(-1, ids, np.where(~w.any(axis=0), 0.0, np.nan))
 
     def apply(self, node, ctx, kept):
-        w = ctx.index.const(node.input[1])
-        ko, ki = kept(node.output[0]), kept(node.input[0])
-        if ki is not None:
-            w = w[ki]
-        if ko is not None:
-            w = w[:, ko]
-        ctx.index.set_const(node.input[1], w)
+        _slice_in_out(node, ctx, kept)
 
     def fold(self, node, ctx, removed, const):
         w = ctx.index.const(node.input[1])
