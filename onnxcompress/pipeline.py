@@ -31,20 +31,6 @@ class Stage:
                 "metrics": self.metrics, "record": self.record.to_dict() if self.record else None}
 
 
-def _bench_feed(model_path: Path, data: Optional[Dataset], batch: int) -> dict:
-    import numpy as np
-
-    from .data import random_data
-
-    model = load_model(model_path, check=False)
-    specs = input_specs(model)
-    src = data if data is not None else random_data(specs, batch)
-    b = next(src.batches(batch))
-    if len(next(iter(b.values()))) < batch:  # repeat samples to fill the batch
-        b = {k: np.resize(v, (batch,) + v.shape[1:]) for k, v in b.items()}
-    return b
-
-
 def benchmark(paths: dict[str, Path], data: Optional[Dataset], config, provider: Optional[str] = None,
               progress=None) -> dict[str, dict]:
     """Interleaved latency of several models at each batch size and thread count; first model = baseline.
