@@ -1,7 +1,7 @@
 """Torch-side 50% structured pruning + label-free distillation on the bundled model, then ONNX channel
 removal and int8 quantization; and what unstructured sparsity does (and does not) buy.
 
-    /work/venv/bin/python benchmarks/bench_distill.py [--images 30000] [--epochs 3] [--lr 3e-3]
+    /work/venv/bin/python benchmarks/bench_distill.py [--images 60000] [--epochs 2] [--lr 3e-3]
 
 Distillation data: unlabeled Fashion-MNIST training images (Debian package dataset-fashion-mnist) when
 installed, else the bundled 512-image calibration set. Labels are never used for training or model
@@ -61,13 +61,13 @@ def main() -> None:
     from onnxcompress.quant.qdq import quantize
     from onnxcompress.stats import count_macs, count_params
     from onnxcompress.torchload import load_weights
-    from onnxcompress.train.distill import evaluate
+    from onnxcompress.train.distill import evaluate, progress
     from onnxcompress.train.prune import structured_masks, unstructured_masks, weight_sparsity
     from onnxcompress.train.run import finetune
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=30000, help="unlabeled training images to distill on")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--images", type=int, default=60000, help="unlabeled training images to distill on (capped at 58000)")
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=4.0)
@@ -92,7 +92,7 @@ def main() -> None:
     cfg = TrainConfig(enabled=True, ratio=args.ratio, epochs=args.epochs, lr=args.lr, batch_size=128,
                       temperature=args.temperature, patience=2)
     t0 = time.perf_counter()
-    history, how = finetune(student, teacher, [x], None, cfg, masks, [held_out], None)
+    history, how = finetune(student, teacher, [x], None, cfg, masks, [held_out], None, show=progress)
     train_s = time.perf_counter() - t0
     distilled_top1 = evaluate(student, vx, vy)
     drop = fp32_top1 - distilled_top1
