@@ -52,14 +52,31 @@ def _torch():
     return torch
 
 
+def _dynamic_sizes(specs: list[TensorSpec], grow: int, min_dynamic: int) -> dict[str, int]:
+    """One size per dynamic-axis name: max(min_dynamic, shape + grow), and different names get different
+    sizes (torch.export gives equal sizes one symbol, which would tie e.g. batch to sequence length)."""
+    sizes: dict[str, int] = {}
+    for s in specs:
+        for ax in s.dynamic:
+            name = s.axis_name(ax)
+            if name not in sizes:
+                size = max(min_dynamic, s.shape[ax] + grow)
+                while size in sizes.values():
+                    size += 1
+                sizes[name] = size
+    return sizes
+
+
 def example_inputs(specs: list[TensorSpec], seed: int = 0, grow: int = 0, min_dynamic: int = 1) -> tuple:
-    """Random inputs; dynamic axes get size max(min_dynamic, shape + grow) (grow varies them in checks)."""
+    """Random inputs; dynamic axes get size max(min_dynamic, shape + grow) (grow varies them in checks),
+    distinct per axis name."""
     torch = _torch()
     g = torch.Generator().manual_seed(seed)
+    sizes = _dynamic_sizes(specs, grow, min_dynamic)
     out = []
     for s in specs:
         dt = getattr(torch, s.dtype)
-        shape = [max(min_dynamic, d + grow) if i in s.dynamic else d for i, d in enumerate(s.shape)]
+        shape = [sizes[s.axis_name(i)] if i in s.dynamic else d for i, d in enumerate(s.shape)]
         if dt.is_floating_point:
             out.append(torch.randn(*shape, generator=g, dtype=dt))
         elif dt == torch.bool:
