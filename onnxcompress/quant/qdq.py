@@ -1,11 +1,14 @@
 """Static post-training quantization into QDQ int8 graphs via onnxruntime.quantization.
 
 ORT does the QDQ insertion (we don't rewrite it); we choose the settings for the target, pre-process
-(shape inference, BN folding), feed the calibration data, and refuse non-finite scales.
+(shape inference, BN folding), apply our accuracy passes (cross-layer equalization, SmoothQuant before
+calibration; bias correction after), feed our streaming calibration ranges, keep excluded nodes truly
+in FP32 (ORT leaves their inputs quantized), and refuse non-finite scales.
 """
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -26,68 +29,129 @@ from ..errors import InputError
 from ..io import is_big, save_model
 from ..passes.base import PassRecord
 from .audit import audit
-from .calibrate import calibrate
-from .target import choose
+from .calibrate import CalibrationResult, calibrate
+from .target import TargetChoice, choose
 
 _QTYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 
 
-def _preprocess(model: onnx.ModelProto, tmp: Path) -> Path:
+@dataclass
+class Prepared:
+    """A model ready for (repeated) quantization: pre-processed, passes applied, ranges collected.
+    The fallback search quantizes it many times with different exclusions and calibrates once."""
+
+    model: onnx.ModelProto  # pre-processed FP32 (BN folded, CLE/SmoothQuant applied); loaded without data when big
+    path: Optional[Path]  # the file of a big model (calibration and quantization read it from disk)
+    choice: TargetChoice
+    mode: str
+    calibration: Optional[CalibrationResult] = None
+    records: list[PassRecord] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _preprocess(model: onnx.ModelProto, tmp: Path) -> tuple[Path, bool]:
     src, dst = tmp / "in.onnx", tmp / "pre.onnx"
-    big = is_big(model)
     save_model(model, src)  # onnx.save_model would move the caller's tensors to external data
-    if big:  # ORT's pre-processing re-optimizes and rewrites 2+ GB (~30 s here): simplify/prune already ran
-        return src
-    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, save_as_external_data=big,
-                      external_data_location="pre.onnx.data")
-    return dst
+    if is_big(model):  # ORT's pre-processing re-optimizes and rewrites 2+ GB (~30 s here): simplify/prune already ran
+        return src, False
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    return dst, True
 
 
-def quantize(model: onnx.ModelProto, calibration: Optional[Dataset], config) -> tuple[onnx.ModelProto, PassRecord]:
-    """Quantize `model` (config: QuantConfig). Static needs calibration data; dynamic does not."""
-    rec = PassRecord("quantize")
+def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, workdir: Path) -> Prepared:
+    """Pre-process, apply the FP32 accuracy passes and calibrate (static). `workdir` must outlive the result."""
     choice = choose(config.target, config.activation_type, config.weight_type, config.reduce_range, config.per_channel)
-    rec.stats["target"] = choice.to_dict()
     mode = "static" if config.mode == "auto" else config.mode
-    rec.stats["mode"] = mode
-    with tempfile.TemporaryDirectory(prefix="onnxcompress-q-") as d:
-        tmp = Path(d)
-        pre = _preprocess(model, tmp)
-        out = tmp / "q.onnx"
-        big = is_big(model)
-        if big:
-            rec.skip("pre-process", "model over 2 GB: ORT's quant_pre_process (BN folding, shape inference) skipped")
-        common = dict(per_channel=choice.per_channel, reduce_range=choice.reduce_range,
-                      weight_type=_QTYPES[choice.weight_type], use_external_data_format=big)
-        if mode == "dynamic":
-            quantize_dynamic(str(pre), str(out), op_types_to_quantize=list(config.op_types) or None,
-                             nodes_to_exclude=list(config.exclude) or None, **common)
-        else:
-            if calibration is None:
-                raise InputError("static quantization needs calibration data; pass --calibration DATA.npz (or use --mode dynamic)")
-            n = min(len(calibration), config.calibration_samples)
-            big = is_big(model)
-            pre_model = onnx.load(str(pre), load_external_data=not big)  # big: calibrate from the file
-            cal = calibrate(pre_model, calibration.batches(config.batch_size, n), config.calibration, config.percentile,
-                            model_path=pre if big else None)
-            rec.stats["calibration"] = cal.to_dict()
-            cache = tmp / "ranges.json"
-            save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
-                k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in cal.ranges.items()
-            }), cache)
-            quantize_static(
-                str(pre), str(out), None, calibration_cache_path=str(cache),
-                quant_format=QuantFormat.QDQ, activation_type=_QTYPES[choice.activation_type],
-                calibrate_method=CalibrationMethod.MinMax,
-                op_types_to_quantize=list(config.op_types) or None,
-                nodes_to_exclude=list(config.exclude) or None,
-                # QuantizeBias=False: ORT still fuses into QLinearConv (it quantizes the float bias at
-                # session init; measured: same kernels, same latency), the file loses the per-channel
-                # bias scales and DequantizeLinear nodes (-5% on the bundled model), and the bias is exact.
-                extra_options={"QuantizeBias": False},
-                **common,
-            )
-        qmodel = onnx.load(str(out))
+    pre_path, done = _preprocess(model, workdir)
+    big = is_big(model)
+    prep = Prepared(onnx.load(str(pre_path), load_external_data=not big), pre_path if big else None, choice, mode)
+    if not done:
+        prep.skipped.append(("pre-process", "model over 2 GB: ORT's quant_pre_process (BN folding, shape inference) skipped"))
+    if mode == "dynamic":
+        return prep
+    if calibration is None:
+        raise InputError("static quantization needs calibration data; pass --calibration DATA.npz (or use --mode dynamic)")
+    n = min(len(calibration), config.calibration_samples)
+    if not big:
+        prep.model = _fp32_passes(prep, calibration, config, n)
+    prep.calibration = calibrate(prep.model, calibration.batches(config.batch_size, n), config.calibration,
+                                 config.percentile, model_path=prep.path)
+    return prep
+
+
+def _fp32_passes(prep: Prepared, calibration: Dataset, config, n: int) -> onnx.ModelProto:
+    model = prep.model
+    if getattr(config, "equalize", False):
+        from .equalize import equalize
+
+        model, rec = equalize(model)
+        prep.records.append(rec)
+    if getattr(config, "smooth_quant", None) is not None:
+        from .smooth import smooth_quant
+
+        model, rec = smooth_quant(model, calibration, alpha=config.smooth_quant, samples=min(n, 128))
+        prep.records.append(rec)
+    return model
+
+
+def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str, ...] = (),
+                      calibration: Optional[Dataset] = None) -> tuple[onnx.ModelProto, PassRecord]:
+    """QDQ (or dynamic) quantization of a prepared model; `exclude` adds to config.exclude."""
+    rec = PassRecord("quantize")
+    rec.stats["target"] = prep.choice.to_dict()
+    rec.stats["mode"] = prep.mode
+    for target, reason in prep.skipped:
+        rec.skip(target, reason)
+    excluded = tuple(dict.fromkeys(tuple(config.exclude) + tuple(exclude)))
+    big = prep.path is not None
+    src = prep.path or workdir / "prepared.onnx"
+    if not big:
+        save_model(prep.model, src)
+    out = workdir / "q.onnx"
+    common = dict(per_channel=prep.choice.per_channel, reduce_range=prep.choice.reduce_range,
+                  weight_type=_QTYPES[prep.choice.weight_type], use_external_data_format=big,
+                  op_types_to_quantize=list(config.op_types) or None, nodes_to_exclude=list(excluded) or None)
+    if prep.mode == "dynamic":
+        quantize_dynamic(str(src), str(out), **common)
+    else:
+        cal = prep.calibration
+        rec.stats["calibration"] = cal.to_dict()
+        cache = workdir / "ranges.json"
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
+            k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in cal.ranges.items()
+        }), cache)
+        quantize_static(
+            str(src), str(out), None, calibration_cache_path=str(cache),
+            quant_format=QuantFormat.QDQ, activation_type=_QTYPES[prep.choice.activation_type],
+            calibrate_method=CalibrationMethod.MinMax,
+            # QuantizeBias=False: ORT still fuses into QLinearConv (it quantizes the float bias at
+            # session init; measured: same kernels, same latency), the file loses the per-channel
+            # bias scales and DequantizeLinear nodes (-5% on the bundled model), and the bias is exact.
+            extra_options={"QuantizeBias": False},
+            **common,
+        )
+    qmodel = onnx.load(str(out))
+    if excluded and prep.mode == "static":
+        rec.stats["float_inputs_restored"], left = keep_fp32(qmodel, prep.model, excluded)
+        for why in left:
+            rec.skip("keep-fp32", why)
+    for r in prep.records:
+        rec.changed.append(f"{r.name}: {len(r.changed)} changes")
+        rec.stats[r.name] = r.stats
+        rec.skipped.extend(r.skipped)
+    if getattr(config, "bias_correction", False) and prep.mode == "static" and calibration is not None and not big:
+        from .biascorr import bias_correct
+
+        qmodel, brec = bias_correct(prep.model, qmodel, calibration,
+                                    samples=min(len(calibration), config.calibration_samples, 256))
+        rec.changed.append(f"{brec.name}: {len(brec.changed)} biases corrected")
+        rec.stats[brec.name] = brec.stats
+        rec.skipped.extend(brec.skipped)
+    _finish(qmodel, rec, excluded)
+    return qmodel, rec
+
+
+def _finish(qmodel: onnx.ModelProto, rec: PassRecord, excluded: tuple[str, ...]) -> None:
     check_finite_scales(qmodel)
     if not is_big(qmodel):
         fusion = audit(qmodel)
@@ -95,11 +159,85 @@ def quantize(model: onnx.ModelProto, calibration: Optional[Dataset], config) -> 
         rec.stats["fusion"]["float_islands"] = [f"{r['node']} ({r['op']} -> {r['kernel']})" for r in fusion["float_islands"]]
     counts = _count_q(qmodel)
     rec.stats.update(counts)
-    rec.changed = [f"{k}={v}" for k, v in counts.items()]
-    if config.exclude:
-        for name in config.exclude:
-            rec.skip(name, "excluded: kept in FP32 by request")
-    return qmodel, rec
+    rec.changed += [f"{k}={v}" for k, v in counts.items()]
+    rec.stats["excluded"] = list(excluded)
+    for name in excluded:
+        rec.skip(name, "excluded: kept in FP32")
+
+
+def quantize(model: onnx.ModelProto, calibration: Optional[Dataset], config) -> tuple[onnx.ModelProto, PassRecord]:
+    """Quantize `model` (config: QuantConfig). Static needs calibration data; dynamic does not."""
+    with tempfile.TemporaryDirectory(prefix="onnxcompress-q-") as d:
+        prep = prepare(model, calibration, config, Path(d))
+        return quantize_prepared(prep, config, Path(d), calibration=calibration)
+
+
+def keep_fp32(model: onnx.ModelProto, fp32: onnx.ModelProto, nodes: tuple[str, ...]) -> tuple[int, list[str]]:
+    """Feed excluded nodes the float tensor instead of DequantizeLinear(QuantizeLinear(x)).
+
+    ORT's nodes_to_exclude only keeps the node's weights in float: its activation inputs still pass
+    through Q->DQ, and ORT's optimizer then re-quantizes the float-weight node into an int8 kernel, so
+    the exclusion changes nothing at run time. ORT also drops a Relu/Clip before a QuantizeLinear (the
+    range clamps), so the float tensor may need that activation back: we restore it from `fp32`.
+    Returns (inputs rewired, reasons for inputs left quantized); unused Q/DQ nodes are removed."""
+    prod = {o: n for n in model.graph.node for o in n.output}
+    fprod = {o: n for n in fp32.graph.node for o in n.output}
+    orig = {n.name: n for n in fp32.graph.node}
+    rewired, left = 0, []
+    before: dict[str, list[onnx.NodeProto]] = {}  # restored activations, inserted before their consumer
+    for node in model.graph.node:
+        if node.name not in nodes or node.name not in orig:
+            continue
+        for i, name in enumerate(node.input):
+            dq = prod.get(name)
+            q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear" or i >= len(orig[node.name].input):
+                continue  # not an activation through Q->DQ (quantized weights of excluded nodes stay float)
+            want = orig[node.name].input[i]
+            src, act = q.input[0], fprod.get(want)
+            same = src == want and (act is None or prod.get(src) is None or prod[src].op_type == act.op_type)
+            if not same:
+                # ORT folded a Relu/Clip into the producer (sometimes renaming its output to the
+                # activation's name): apply the activation again, in float
+                if act is None or act.op_type not in ("Relu", "Clip") or src not in (want, act.input[0]):
+                    left.append(f"{node.name}: input '{want}' has no float version in the quantized graph")
+                    continue
+                restored = onnx.NodeProto()
+                restored.CopyFrom(act)
+                restored.name = f"{act.name}_fp32_for_{node.name}"
+                restored.input[0] = src
+                want = restored.output[0] = f"{want}_fp32_for_{node.name}"
+                before.setdefault(node.name, []).append(restored)
+                _copy_missing_inits(model, fp32, restored)
+            node.input[i] = want
+            rewired += 1
+    if before:
+        ordered = [m for n in model.graph.node for m in before.get(n.name, []) + [n]]
+        del model.graph.node[:]
+        model.graph.node.extend(ordered)
+    _drop_unused(model)
+    return rewired, left
+
+
+def _copy_missing_inits(model: onnx.ModelProto, fp32: onnx.ModelProto, node: onnx.NodeProto) -> None:
+    have = {i.name for i in model.graph.initializer}
+    model.graph.initializer.extend(i for i in fp32.graph.initializer if i.name in node.input and i.name not in have)
+
+
+def _drop_unused(model: onnx.ModelProto) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    changed = True
+    while changed:
+        changed = False
+        for n in list(model.graph.node):
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in n.output):
+                model.graph.node.remove(n)
+                changed = True
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
 
 
 def check_finite_scales(model: onnx.ModelProto) -> None:

@@ -1,11 +1,11 @@
 import numpy as np
 from click.testing import CliRunner
 
-from conftest import make_data, tiny_cnn
+from conftest import make_data, run_ort, tiny_cnn
 from onnxcompress.cli import main
 from onnxcompress.config import QuantConfig
 from onnxcompress.data import Dataset
-from onnxcompress.quant.audit import audit
+from onnxcompress.quant.audit import INT8_KERNELS, audit
 from onnxcompress.quant.qdq import quantize
 from onnxcompress.stats import node_macs
 
@@ -30,11 +30,22 @@ def test_unquantized_convs_are_float_islands_weighted_by_macs():
     assert a["int8_mac_share"] == macs["fc"] / sum(macs.values())
 
 
-def test_excluded_node_between_quantized_tensors_is_still_fused_by_ort():
-    """ORT re-quantizes a float-weight Conv whose input and output are quantized: excluding the node
-    alone does not keep it in FP32 at run time. The audit reports what actually runs."""
-    a = audit(_q(exclude=("conv2",)))
-    assert {r["node"]: r["kernel"] for r in a["nodes"]}["conv2"] == "QLinearConv"
+def test_excluded_node_runs_in_fp32():
+    """ORT's nodes_to_exclude leaves the excluded Conv's input as Q->DQ, and ORT then re-quantizes the
+    float-weight Conv into QLinearConv at run time. We feed it the float tensor: it really runs in FP32."""
+    q = _q(exclude=("conv2",))
+    conv2 = next(n for n in q.graph.node if n.name == "conv2")
+    prod = {o: n.op_type for n in q.graph.node for o in n.output}
+    assert prod[conv2.input[0]] == "Relu"  # float activation (ORT folded relu1 into the range; restored), no DQ
+    a = audit(q)
+    kernels = {r["node"]: r["kernel"] for r in a["nodes"]}
+    assert kernels["conv2"] not in INT8_KERNELS and kernels["fc"] == "QGemm"
+    # conv1's only consumer is now float, so its output is no longer quantized: ORT runs it in float
+    # too (with int8-rounded weights); the audit reports that honestly
+    assert kernels["conv1"] not in INT8_KERNELS and a["int8_mac_share"] < 0.5
+    x = make_data(16, seed=3)["input"]
+    ref, got = run_ort(tiny_cnn(), {"input": x})[0], run_ort(q, {"input": x})[0]
+    assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
 
 
 def test_fp32_model_has_no_int8():
