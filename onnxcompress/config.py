@@ -115,9 +115,26 @@ class QuantConfig:
     batch_size: int = 32
     exclude: tuple[str, ...] = ()  # node names kept in FP32
     op_types: tuple[str, ...] = ()  # empty = default set
+    # accuracy passes (ours: ORT has none of them)
+    equalize: bool = False  # cross-layer equalization before calibration
+    bias_correction: bool = False  # empirical bias correction after quantization
+    smooth_quant: Optional[float] = None  # SmoothQuant alpha for MatMul inputs; None = off
+    # accuracy-gated fallback / auto mode (need validation data)
+    max_drop: Optional[float] = None  # budget in points of `metric`; None = no search (auto: 1.0)
+    max_drop_relative: bool = False  # max_drop is a percent of the reference value
+    metric: str = "auto"  # "auto" (top1 with labels, else agreement) | "top1" | "agreement" | "cosine"
+    fallback_seconds: float = 600.0
+    fallback_layers: int = 16
 
     def validate(self) -> None:
         _choice("mode", self.mode, ("static", "dynamic", "auto"))
+        _choice("metric", self.metric, ("auto", "top1", "agreement", "cosine"))
+        if self.max_drop is not None and self.max_drop < 0:
+            raise ConfigError("max_drop must be >= 0 (points of the metric, or percent with max_drop_relative)")
+        if self.smooth_quant is not None and not 0.0 < self.smooth_quant < 1.0:
+            raise ConfigError("smooth_quant (alpha) must be between 0 and 1, e.g. 0.5")
+        if self.fallback_seconds <= 0 or self.fallback_layers < 0:
+            raise ConfigError("fallback_seconds must be > 0 and fallback_layers >= 0")
         _choice("calibration", self.calibration, ("minmax", "percentile", "entropy"))
         _choice("activation_type", self.activation_type, ("auto", "uint8", "int8"))
         _choice("weight_type", self.weight_type, ("int8", "uint8"))

@@ -1,6 +1,8 @@
 """`quantize` (and model inspection): int8 QDQ."""
 from __future__ import annotations
 
+from typing import Optional
+
 import click
 
 from .common import emit, handle_errors, json_option
@@ -11,7 +13,8 @@ from ..errors import AccuracyRegression, InputError
 
 def _quant_options(fn):
     for opt in reversed([
-        click.option("--mode", type=click.Choice(["static", "dynamic", "auto"]), default="static", show_default=True),
+        click.option("--mode", type=click.Choice(["static", "dynamic", "auto"]), default="static", show_default=True,
+                     help="auto (needs --validation): try static and dynamic, keep the fastest within --max-drop."),
         click.option("--target", type=click.Choice(["auto", "vnni", "avx2", "arm", "generic"]), default="auto", show_default=True,
                      help="CPU the model will run on; chooses int8 types and reduce_range."),
         click.option("--method", "calibration_method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True),
@@ -20,51 +23,104 @@ def _quant_options(fn):
         click.option("--samples", type=int, default=QuantConfig.calibration_samples, show_default=True, help="Calibration samples used."),
         click.option("--exclude", multiple=True, help="Node name kept in FP32; repeatable."),
         click.option("--op-types", multiple=True, help="Only quantize these op types (default: all ORT supports); repeatable."),
+        click.option("--equalize/--no-equalize", default=None, help="Cross-layer equalization before calibration."),
+        click.option("--bias-correction/--no-bias-correction", default=None, help="Empirical bias correction after quantization."),
+        click.option("--smooth-quant", type=float, default=None, metavar="ALPHA", help="SmoothQuant MatMul inputs (e.g. 0.5)."),
+        click.option("--max-drop", default=None, metavar="POINTS[%]",
+                     help="Accuracy budget (needs --validation): keep sensitive layers in FP32 until the drop fits; "
+                          "'0.5' = points of --metric, '1%' = percent of the FP32 value."),
+        click.option("--metric", type=click.Choice(["auto", "top1", "agreement", "cosine"]), default="auto", show_default=True,
+                     help="Budget metric; auto = top1 with labels, else agreement with FP32."),
+        click.option("--fallback-seconds", type=float, default=QuantConfig.fallback_seconds, show_default=True),
+        click.option("--fallback-layers", type=int, default=QuantConfig.fallback_layers, show_default=True,
+                     help="Most layers tried in FP32 by the fallback search."),
     ]):
         fn = opt(fn)
     return fn
 
 
-def _quant_config(mode, target, calibration_method, per_tensor, activation_type, samples, exclude, op_types) -> QuantConfig:
+def parse_drop(text: Optional[str]) -> tuple[Optional[float], bool]:
+    if text is None:
+        return None, False
+    t = text.strip()
+    rel = t.endswith("%")
+    try:
+        value = float(t[:-1] if rel else t)
+    except ValueError:
+        raise InputError(f"--max-drop '{text}' is not a number; use points like 0.5 or a percent like 1%") from None
+    return value, rel
+
+
+def _quant_config(mode, target, calibration_method, per_tensor, activation_type, samples, exclude, op_types,
+                  equalize, bias_correction, smooth_quant, max_drop, metric, fallback_seconds, fallback_layers) -> QuantConfig:
+    drop, rel = parse_drop(max_drop)
+    base = QuantConfig()
     cfg = QuantConfig(mode=mode, target=target, calibration=calibration_method, per_channel=not per_tensor,
                       activation_type=activation_type, calibration_samples=samples, exclude=tuple(exclude),
-                      op_types=tuple(op_types))
+                      op_types=tuple(op_types), equalize=base.equalize if equalize is None else equalize,
+                      bias_correction=base.bias_correction if bias_correction is None else bias_correction,
+                      smooth_quant=smooth_quant, max_drop=drop, max_drop_relative=rel, metric=metric,
+                      fallback_seconds=fallback_seconds, fallback_layers=fallback_layers)
     cfg.validate()
     return cfg
+
+
+def _summary(out, rec: dict) -> str:
+    st = rec["stats"]
+    text = f"wrote {out} ({st['mode']}, {st['target']['why']})"
+    fusion = st.get("fusion", {})
+    if fusion:
+        text += (f"\nint8 kernels: {fusion['int8_nodes']}/{fusion['compute_nodes']} compute nodes, "
+                 f"{100 * fusion['int8_mac_share']:.1f}% of MACs")
+        text += "".join(f"\n  float island: {f}" for f in fusion["float_islands"])
+    fb = st.get("fallback")
+    if fb:
+        text += (f"\nfallback: {fb['metric']} drop {fb['drop']:.3f} (budget {fb['budget']:.3f}, "
+                 f"{'fits' if fb['fits'] else 'OVER BUDGET'}), FP32 layers: {', '.join(fb['excluded']) or 'none'} "
+                 f"({fb['stopped']}, {fb['seconds']} s)")
+    if "auto" in st:
+        text += f"\nauto: {st['auto']['why']}"
+    return text
 
 
 @click.command("quantize")
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @click.option("--calibration", "-c", type=click.Path(), help="Calibration data (.npz named after the inputs).")
+@click.option("--validation", "-v", type=click.Path(), help="Validation data for --max-drop and --mode auto.")
 @click.option("--require-fusion", type=float, help="Gate: minimum share of MACs ORT runs on int8 kernels (e.g. 0.95); exit 1 below it.")
 @_quant_options
 @json_option
 @handle_errors
-def quantize_cmd(model, output, calibration, require_fusion, as_json, **qopts):
-    """Quantize MODEL to int8 QDQ (static with calibration data, or dynamic)."""
+def quantize_cmd(model, output, calibration, validation, require_fusion, as_json, **qopts):
+    """Quantize MODEL to int8 QDQ (static with calibration data, dynamic, or auto)."""
     from ..data import input_specs, load_data
     from ..io import check_output_path, load_model, save_model
-    from ..quant.qdq import quantize
+    from ..quant.search import quantize_model
 
     cfg = _quant_config(**qopts)
-    out = check_output_path(output, model, calibration)
+    out = check_output_path(output, model, calibration, validation)
     m = load_model(model)
-    data = load_data(calibration, input_specs(m)) if calibration else None
-    if data is None and cfg.mode != "dynamic":
+    specs = input_specs(m)
+    data = load_data(calibration, specs) if calibration else None
+    val = load_data(validation, specs) if validation else None
+    if data is None and cfg.mode == "static":
         raise InputError("static quantization needs calibration data; pass --calibration DATA.npz or use --mode dynamic")
-    q, rec = quantize(m, data, cfg)
-    save_model(q, out)
-    fusion = rec.stats.get("fusion", {})
-    text = f"wrote {out} ({rec.stats['mode']}, {rec.stats['target']['why']})"
-    if fusion:
-        text += (f"\nint8 kernels: {fusion['int8_nodes']}/{fusion['compute_nodes']} compute nodes, "
-                 f"{100 * fusion['int8_mac_share']:.1f}% of MACs")
-        text += "".join(f"\n  float island: {f}" for f in fusion["float_islands"])
-    emit(as_json, rec.to_dict(), text)
+    if cfg.max_drop is not None and val is None:
+        raise InputError("--max-drop needs validation data to measure the drop; pass --validation DATA.npz")
+    say = None if as_json else (lambda msg: click.echo(msg, err=True))
+    # every improvement is written at once (atomically): a timed-out or interrupted search leaves the best so far
+    q, rec = quantize_model(m, data, val, cfg, on_best=lambda model_, _rec: save_model(model_, out), progress=say)
+    d = rec.to_dict()
+    emit(as_json, d, _summary(out, d))
+    fusion = d["stats"].get("fusion", {})
     if require_fusion is not None and fusion.get("int8_mac_share", 0.0) < require_fusion:
         raise AccuracyRegression(f"fusion gate failed: {100 * fusion.get('int8_mac_share', 0.0):.1f}% of MACs on int8 "
                                  f"kernels < required {100 * require_fusion:.1f}%; see the float islands above")
+    fb = d["stats"].get("fallback")
+    if fb and not fb["fits"] and cfg.mode == "static":
+        raise AccuracyRegression(f"accuracy gate failed: {fb['metric']} drop {fb['drop']:.3f} > budget {fb['budget']:.3f} "
+                                 f"after keeping {len(fb['excluded'])} layers in FP32 ({fb['stopped']}); best model written to {out}")
 
 
 @click.command("inspect")

@@ -41,8 +41,10 @@ def shared_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> dict[str, tup
 
 
 def layer_sqnr(ref: onnx.ModelProto, cand: onnx.ModelProto, data: Dataset, samples: int = 64,
-               batch_size: int = 16, provider: str = "cpu") -> list[dict[str, Any]]:
-    pairs = shared_tensors(ref, cand)
+               batch_size: int = 16, provider: str = "cpu",
+               pairs: Optional[dict[str, tuple[str, str]]] = None) -> list[dict[str, Any]]:
+    """`pairs`: ref tensor -> (cand tensor, op), default shared_tensors(ref, cand)."""
+    pairs = shared_tensors(ref, cand) if pairs is None else pairs
     if not pairs:
         return []
     rnames = list(pairs)
