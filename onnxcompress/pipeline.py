@@ -1,6 +1,7 @@
 """The stages in order (simplify -> prune -> quantize -> validate -> bench), one record per stage."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,11 +128,16 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
         current, rec = prune_model(current, config.prune, calibration=batches)
         stages.append(Stage("pruned", save_model(current, out / f"{stem}.pruned.onnx"), rec, time.perf_counter() - t0))
     if config.quant.enabled:
-        from .quant.qdq import quantize
+        from .quant.search import quantize_model
 
         say("quantize")
         t0 = time.perf_counter()
-        current, rec = quantize(current, calib, config.quant)
+        # validation data enables the fallback search and --mode auto; with labels and no budget of its
+        # own, the quantizer aims at the validate gate's top-1 budget, so the gate is met when it can be
+        qcfg = config.quant
+        if qcfg.max_drop is None and val is not None and val.labels is not None and config.validate_.max_drop is not None:
+            qcfg = dataclasses.replace(qcfg, max_drop=config.validate_.max_drop, metric="top1")
+        current, rec = quantize_model(current, calib, val, qcfg, progress=lambda m: say(f"quantize: {m}"))
         stages.append(Stage("int8", save_model(current, out / f"{stem}.int8.onnx"), rec, time.perf_counter() - t0))
 
     say("validate")
