@@ -51,6 +51,7 @@ class PruneConfig:
     align: int = 8
     min_channels: int = 8
     reconstruct: bool = True  # least-squares refit of consumers when calibration data is given
+    calibration_samples: int = 512  # calibration samples the reconstruction reads (streamed)
 
     def validate(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -59,6 +60,8 @@ class PruneConfig:
         _choice("scope", self.scope, ("global", "layer"))
         if self.align < 1 or self.min_channels < 1:
             raise ConfigError("align and min_channels must be >= 1")
+        if self.calibration_samples < 1:
+            raise ConfigError(f"prune calibration_samples {self.calibration_samples} is out of range; use a value >= 1")
 
 
 @dataclass(frozen=True)

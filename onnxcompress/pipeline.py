@@ -124,7 +124,8 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
 
         say("prune")
         t0 = time.perf_counter()
-        batches = list(calib.batches(config.quant.batch_size, 256)) if (calib and config.prune.reconstruct) else None
+        batches = (list(calib.batches(config.quant.batch_size, config.prune.calibration_samples))
+                   if calib and config.prune.reconstruct and config.prune.ratio > 0 else None)
         current, rec = prune_model(current, config.prune, calibration=batches)
         stages.append(Stage("pruned", save_model(current, out / f"{stem}.pruned.onnx"), rec, time.perf_counter() - t0))
     if config.quant.enabled:

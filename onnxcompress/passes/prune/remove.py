@@ -4,6 +4,7 @@ with a reason in the pass record."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -11,8 +12,9 @@ import onnx
 from ...io import is_big
 from ...stats import count_macs, count_params
 from ..base import PassRecord
+from . import channelwise, layers, structure  # noqa: F401 - importing them registers their handlers
 from .graph import ChannelContext, GraphIndex, materialize_constants
-from .handlers import DEFAULT, HANDLERS
+from .handlers import DEFAULT, HANDLERS, Handler, describe
 
 
 def analyze(model: onnx.ModelProto, exact: bool = True) -> ChannelContext:
@@ -27,8 +29,7 @@ def analyze(model: onnx.ModelProto, exact: bool = True) -> ChannelContext:
     return ctx
 
 
-def dead_groups(ctx: ChannelContext) -> tuple[set[int], dict[int, tuple[str, str]]]:
-    """Roots removable now, and the reason each blocked root is kept."""
+def _dead_groups_once(ctx: ChannelContext) -> tuple[set[int], dict[int, tuple[str, str]]]:
     reasons: dict[int, tuple[str, str]] = {}
     for i, why in ctx.blocked.items():
         reasons.setdefault(ctx.find(i), why)
@@ -47,7 +48,47 @@ def dead_groups(ctx: ChannelContext) -> tuple[set[int], dict[int, tuple[str, str
     return all_roots - live - set(reasons), reasons
 
 
-def apply_removal(ctx: ChannelContext, removed: set[int], rec: PassRecord) -> onnx.ModelProto:
+def resolve_conflicts(ctx: ChannelContext, removed: set[int]) -> set[int]:
+    """Block (with the handler's reason) the channels whose removal some op could not follow, e.g. a
+    strided Slice whose surviving channels would no longer be one range; returns what is still removed.
+    Blocking only shrinks the removal set, which can create new conflicts, so this runs to a fixed point."""
+    removed = set(removed)
+    checks = [(n, h) for n in ctx.index.model.graph.node
+              if type(h := HANDLERS.get(n.op_type, DEFAULT)).conflicts is not Handler.conflicts]
+    while removed:
+        newly: set[int] = set()
+        for node, handler in checks:
+            hit = handler.conflicts(node, ctx, removed)
+            if hit is not None:
+                ids, reason = hit
+                ctx.block(ids, describe(node), reason)
+                newly.update(ctx.roots(ids).tolist())
+        if not newly & removed:
+            break
+        removed -= newly
+    return removed
+
+
+def dead_groups(ctx: ChannelContext) -> tuple[set[int], dict[int, tuple[str, str]]]:
+    """Roots removable now, and the reason each blocked root is kept."""
+    removable, reasons = _dead_groups_once(ctx)
+    if resolve_conflicts(ctx, removable) != removable:
+        removable, reasons = _dead_groups_once(ctx)  # the channels blocked just now get their reasons
+    return removable, reasons
+
+
+@dataclass
+class Removal:
+    """A removal's result: the model, its record, and for every tensor that lost channels the mask of
+    the channel positions it kept (over the original positions, along its channel axis)."""
+
+    model: onnx.ModelProto
+    record: PassRecord
+    kept: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def apply_removal(ctx: ChannelContext, removed: set[int], rec: PassRecord) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Slice every tensor's channels as `removed` says; returns the model and the kept-position masks."""
     model = ctx.index.model
     masks: dict[str, np.ndarray] = {}
     for name, ch in ctx.tensors.items():
@@ -72,11 +113,17 @@ def apply_removal(ctx: ChannelContext, removed: set[int], rec: PassRecord) -> on
             HANDLERS.get(node.op_type, DEFAULT).apply(node, ctx, kept)
             rec.changed.append(node.name or node.output[0])
     del model.graph.value_info[:]
-    return model
+    return model, masks
 
 
 def remove_channels(model: onnx.ModelProto, exact: bool = True, name: str = "prune") -> tuple[onnx.ModelProto, PassRecord]:
     """Remove every channel group whose producers' weights are all zero (exact: output unchanged)."""
+    r = removal(model, exact, name)
+    return r.model, r.record
+
+
+def removal(model: onnx.ModelProto, exact: bool = True, name: str = "prune") -> Removal:
+    """remove_channels, also returning which channel positions each changed tensor kept."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     rec = PassRecord(name)
@@ -90,10 +137,11 @@ def remove_channels(model: onnx.ModelProto, exact: bool = True, name: str = "pru
     rec.stats["groups_blocked"] = len(reasons)
     for (target, reason), n in Counter(reasons.values()).most_common():
         rec.skip(target, f"{reason} ({n} channel{'s' if n > 1 else ''})")
+    kept: dict[str, np.ndarray] = {}
     if removable:
-        m = apply_removal(ctx, removable, rec)
+        m, kept = apply_removal(ctx, removable, rec)
         if not is_big(m):  # larger models are checked from their file when loaded again
             onnx.checker.check_model(m)
     rec.stats["params_after"] = count_params(m)
     rec.stats["macs_after"] = count_macs(m)[0]
-    return m, rec
+    return Removal(m, rec, kept)

@@ -7,14 +7,14 @@ a better approximation than dropping it (it is the channel's output for a zero i
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import onnx
 
 from ..base import PassRecord
 from .graph import ChannelContext
-from .remove import analyze, remove_channels
+from .remove import Removal, analyze, dead_groups, removal, resolve_conflicts
 
 
 def _rows(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
@@ -101,18 +101,32 @@ def select(ctx: ChannelContext, ratio: float, criterion: str = "l2", scope: str 
 def structured_prune(model: onnx.ModelProto, ratio: float, criterion: str = "l2", scope: str = "global",
                      align: int = 8, min_channels: int = 8) -> tuple[onnx.ModelProto, PassRecord]:
     """Zero the weakest channel groups to reach `ratio`, then remove them (approximate folding)."""
+    r = structured_removal(model, ratio, criterion, scope, align, min_channels)
+    return r.model, r.record
+
+
+def structured_removal(model: onnx.ModelProto, ratio: float, criterion: str = "l2", scope: str = "global",
+                       align: int = 8, min_channels: int = 8) -> Removal:
+    """structured_prune, also returning which channel positions each changed tensor kept."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     ctx = analyze(m, exact=False)
     chosen, summary = select(ctx, ratio, criterion, scope, align, min_channels)
+    dead, _ = dead_groups(ctx)  # removed with the chosen ones: conflicts depend on the whole set
+    refused = chosen - resolve_conflicts(ctx, dead | chosen)
+    chosen -= refused
     for node, wname, ids in ctx.producers:
         rows = np.isin(ctx.roots(ids), list(chosen))
         if rows.any():
             ctx.index.set_const(wname, _zero_rows(node, ctx.index.const(wname), rows))
-    pruned, rec = remove_channels(m, exact=False)
+    result = removal(m, exact=False)
+    rec = result.record
+    why = {ctx.find(i): reason for i, reason in ctx.blocked.items()}
+    for (target, reason), n in Counter(why[r] for r in refused).most_common():
+        rec.skip(target, f"{reason} ({n} selected channel{'s' if n > 1 else ''} kept)")
     rec.stats["ratio"] = ratio
     rec.stats["criterion"] = criterion
     rec.stats["scope"] = scope
     rec.stats["layers"] = summary
     rec.stats["channels_selected"] = len(chosen)
-    return pruned, rec
+    return result
