@@ -119,7 +119,8 @@ class QuantConfig:
     exclude: tuple[str, ...] = ()  # node names kept in FP32
     op_types: tuple[str, ...] = ()  # empty = default set
     # accuracy passes (ours: ORT has none of them)
-    equalize: bool = False  # cross-layer equalization before calibration
+    equalize: Optional[bool] = None  # cross-layer equalization; None = on for per-tensor weights (measured:
+    # +1.7 dB SQNR per-tensor on the bundled CNN, -0.5 dB per-channel, where channel scales already adapt)
     bias_correction: bool = False  # empirical bias correction after quantization
     smooth_quant: Optional[float] = None  # SmoothQuant alpha for MatMul inputs; None = off
     # accuracy-gated fallback / auto mode (need validation data)

@@ -23,7 +23,7 @@ def _quant_options(fn):
         click.option("--samples", type=int, default=QuantConfig.calibration_samples, show_default=True, help="Calibration samples used."),
         click.option("--exclude", multiple=True, help="Node name kept in FP32; repeatable."),
         click.option("--op-types", multiple=True, help="Only quantize these op types (default: all ORT supports); repeatable."),
-        click.option("--equalize/--no-equalize", default=None, help="Cross-layer equalization before calibration."),
+        click.option("--equalize/--no-equalize", default=None, help="Cross-layer equalization before calibration (default: on with --per-tensor)."),
         click.option("--bias-correction/--no-bias-correction", default=None, help="Empirical bias correction after quantization."),
         click.option("--smooth-quant", type=float, default=None, metavar="ALPHA", help="SmoothQuant MatMul inputs (e.g. 0.5)."),
         click.option("--max-drop", default=None, metavar="POINTS[%]",

@@ -9,6 +9,7 @@ improvement, so an interrupted or timed-out search still leaves a usable file.
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass
@@ -166,6 +167,19 @@ def fallback_search(model: onnx.ModelProto, calibration: Dataset, validation: Da
             on_best(best, rec)
         excluded: list[str] = []
         stop = "fits the budget" if best_drop <= ev.limit else ""
+        if not stop and not config.bias_correction:
+            # first rung: bias correction keeps every layer int8 (no speed cost), try it before FP32 layers
+            bc = dataclasses.replace(config, bias_correction=True)
+            q, qrec = quantize_prepared(prep, bc, work, calibration=calibration)
+            drop = ev.drop(q)
+            keep = drop < best_drop - 1e-9
+            steps.append({"excluded": [], "bias_correction": True, "drop": drop, "kept": keep})
+            say(f"bias correction: drop {drop:.3f}{' (kept)' if keep else ' (no gain, undone)'}")
+            if keep:
+                config, best, rec, best_drop = bc, q, qrec, drop
+                if on_best:
+                    on_best(best, rec)
+            stop = "fits the budget" if best_drop <= ev.limit else ""
         ranked = [] if stop else sensitivity(prep, best, validation)
         try:
             for row in ranked[:max_layers] if not stop else []:
@@ -192,7 +206,7 @@ def fallback_search(model: onnx.ModelProto, calibration: Dataset, validation: Da
             stop = "interrupted: the best model so far is kept"
     rec.stats["fallback"] = {
         "metric": ev.metric, "reference": ev.reference_value, "budget": ev.limit, "drop": best_drop,
-        "fits": best_drop <= ev.limit, "excluded": excluded, "steps": steps, "stopped": stop,
+        "fits": best_drop <= ev.limit, "excluded": excluded, "bias_correction": bool(config.bias_correction), "steps": steps, "stopped": stop,
         "seconds": round(time.monotonic() - start, 1), "validation_samples": len(ev.data),
         "sensitivity": ranked[:max_layers],
     }

@@ -81,12 +81,12 @@ def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, work
 
 def _fp32_passes(prep: Prepared, calibration: Dataset, config, n: int) -> onnx.ModelProto:
     model = prep.model
-    if getattr(config, "equalize", False):
+    if config.equalize or (config.equalize is None and not prep.choice.per_channel):
         from .equalize import equalize
 
         model, rec = equalize(model)
         prep.records.append(rec)
-    if getattr(config, "smooth_quant", None) is not None:
+    if config.smooth_quant is not None:
         from .smooth import smooth_quant
 
         model, rec = smooth_quant(model, calibration, alpha=config.smooth_quant, samples=min(n, 128))
@@ -139,7 +139,7 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
         rec.changed.append(f"{r.name}: {len(r.changed)} changes")
         rec.stats[r.name] = r.stats
         rec.skipped.extend(r.skipped)
-    if getattr(config, "bias_correction", False) and prep.mode == "static" and calibration is not None and not big:
+    if config.bias_correction and prep.mode == "static" and calibration is not None and not big:
         from .biascorr import bias_correct
 
         qmodel, brec = bias_correct(prep.model, qmodel, calibration,

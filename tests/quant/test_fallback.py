@@ -41,7 +41,7 @@ def ds(n, seed):
 
 def test_fallback_keeps_the_sensitive_layer_in_fp32_until_the_budget_fits():
     m = outlier_mlp()
-    cfg = QuantConfig(per_channel=False)
+    cfg = QuantConfig(per_channel=False, equalize=False)
     budget = Budget(max_drop=1.0, metric="agreement")
     seen = []
     q, rec = fallback_search(m, ds(256, 0), ds(400, 1), cfg, budget, on_best=lambda model, r: seen.append(model))
@@ -66,14 +66,14 @@ def test_fallback_keeps_the_sensitive_layer_in_fp32_until_the_budget_fits():
 
 def test_fallback_stops_at_once_when_int8_fits():
     m = outlier_mlp()
-    q, rec = fallback_search(m, ds(256, 0), ds(200, 1), QuantConfig(per_channel=False), Budget(max_drop=100.0))
+    q, rec = fallback_search(m, ds(256, 0), ds(200, 1), QuantConfig(per_channel=False, equalize=False), Budget(max_drop=100.0))
     fb = rec.stats["fallback"]
     assert fb["excluded"] == [] and len(fb["steps"]) == 1 and fb["stopped"] == "fits the budget"
 
 
 def test_fallback_reports_when_the_budget_cannot_be_met():
     m = outlier_mlp()
-    q, rec = fallback_search(m, ds(256, 0), ds(200, 1), QuantConfig(per_channel=False),
+    q, rec = fallback_search(m, ds(256, 0), ds(200, 1), QuantConfig(per_channel=False, equalize=False),
                              Budget(max_drop=0.0, metric="cosine"), max_layers=1)
     fb = rec.stats["fallback"]
-    assert not fb["fits"] and len(fb["steps"]) == 2 and any(s.target == "fallback" for s in rec.skipped)
+    assert not fb["fits"] and len(fb["steps"]) == 3 and fb["steps"][1]["bias_correction"] and any(s.target == "fallback" for s in rec.skipped)

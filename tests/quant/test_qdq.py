@@ -63,3 +63,9 @@ def test_target_choices(target, act, rr):
     c = choose(target)
     assert (c.activation_type, c.reduce_range, c.per_channel) == (act, rr, True)
     assert target in c.why
+
+
+def test_equalization_defaults_on_for_per_tensor_weights_only():
+    _, per_tensor = quantize(tiny_cnn(), data(), QuantConfig(per_channel=False))
+    _, per_channel = quantize(tiny_cnn(), data(), QuantConfig())
+    assert per_tensor.stats["equalize"]["pairs"] >= 1 and "equalize" not in per_channel.stats
