@@ -23,6 +23,8 @@ def __getattr__(name: str):
     lazy = {
         "convert": ("pipeline", "convert"),
         "quantize": ("quant.qdq", "quantize"),
+        "quantize_model": ("quant.search", "quantize_model"),
+        "prune": ("passes.prune", "prune_model"),
         "simplify": ("passes.simplify", "simplify"),
         "validate": ("evaluate.validate", "validate"),
         "export": ("export", "export"),
@@ -39,6 +41,6 @@ def __getattr__(name: str):
 __all__ = [
     "AccuracyRegression", "BenchConfig", "ConfigError", "ExportConfig", "ExportError", "InputError",
     "OnnxCompressError", "PassError", "PipelineConfig", "PruneConfig", "QuantConfig", "SimplifyConfig",
-    "ValidateConfig", "convert", "export", "load_config", "load_data", "load_model", "quantize", "save_config",
+    "ValidateConfig", "convert", "export", "load_config", "load_data", "load_model", "prune", "quantize", "quantize_model", "save_config",
     "save_model", "simplify", "validate", "__version__",
 ]
