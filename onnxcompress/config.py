@@ -106,7 +106,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class QuantConfig:
     enabled: bool = True
-    mode: str = "static"  # "static" | "dynamic" | "auto"
+    mode: str = "auto"  # "static" | "dynamic" | "auto" (with validation data: measure both, keep the fastest within budget)
     target: str = "auto"  # "auto" | "vnni" | "avx2" | "arm" | "generic"
     calibration: str = "minmax"  # "minmax" | "percentile" | "entropy"
     percentile: float = 99.999

@@ -84,7 +84,7 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
     specs = input_specs(model)
     calib = load_data(calibration, specs) if calibration else None
     val = load_data(validation, specs) if validation else None
-    if config.quant.enabled and config.quant.mode != "dynamic" and calib is None:
+    if config.quant.enabled and config.quant.mode == "static" and calib is None:
         raise InputError("static quantization needs calibration data; pass --calibration DATA.npz or --mode dynamic")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

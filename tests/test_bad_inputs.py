@@ -100,7 +100,7 @@ CASES = [
     ("factory-no-colon", lambda d, m, c: ["export", "justaname", "--input", "x:1x4", "-o", str(d / "out.onnx")], "has no ':'"),
     ("shape-spec-unparsable", lambda d, m, c: ["export", f"{_factory(d)}:build", "--input", "x:4xabc-1", "-o", str(d / "out.onnx")], "input spec"),
     ("provider-missing", lambda d, m, c: ["bench", str(m), "--providers", "cuda", "--runs", "1"], "pip install onnxruntime-gpu"),
-    ("static-quant-without-data", lambda d, m, c: ["quantize", str(m), "-o", str(d / "out.onnx")], "needs calibration data"),
+    ("static-quant-without-data", lambda d, m, c: ["quantize", str(m), "--mode", "static", "-o", str(d / "out.onnx")], "needs calibration data"),
     ("validate-different-inputs", lambda d, m, c: ["validate", str(m), str(_other_inputs(d)), "--data", str(c)], "different inputs"),
 ]
 

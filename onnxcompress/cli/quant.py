@@ -13,8 +13,8 @@ from ..errors import AccuracyRegression, InputError
 
 def _quant_options(fn):
     for opt in reversed([
-        click.option("--mode", type=click.Choice(["static", "dynamic", "auto"]), default="static", show_default=True,
-                     help="auto (needs --validation): try static and dynamic, keep the fastest within --max-drop."),
+        click.option("--mode", type=click.Choice(["static", "dynamic", "auto"]), default="auto", show_default=True,
+                     help="auto: with --validation, try static and dynamic and keep the fastest within --max-drop (default 1 point); without, static (dynamic if no --calibration)."),
         click.option("--target", type=click.Choice(["auto", "vnni", "avx2", "arm", "generic"]), default="auto", show_default=True,
                      help="CPU the model will run on; chooses int8 types and reduce_range."),
         click.option("--method", "calibration_method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True),
@@ -118,6 +118,9 @@ def quantize_cmd(model, output, calibration, validation, require_fusion, as_json
         raise AccuracyRegression(f"fusion gate failed: {100 * fusion.get('int8_mac_share', 0.0):.1f}% of MACs on int8 "
                                  f"kernels < required {100 * require_fusion:.1f}%; see the float islands above")
     fb = d["stats"].get("fallback")
+    auto = d["stats"].get("auto", {})
+    if cfg.max_drop is not None and auto.get("candidates") and not any(c["fits"] for c in auto["candidates"]):
+        raise AccuracyRegression(f"accuracy gate failed: {auto['why']}; best model written to {out}")
     if fb and not fb["fits"] and cfg.mode == "static":
         raise AccuracyRegression(f"accuracy gate failed: {fb['metric']} drop {fb['drop']:.3f} > budget {fb['budget']:.3f} "
                                  f"after keeping {len(fb['excluded'])} layers in FP32 ({fb['stopped']}); best model written to {out}")

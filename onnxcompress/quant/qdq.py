@@ -30,6 +30,7 @@ from ..io import is_big, save_model
 from ..passes.base import PassRecord
 from .audit import audit
 from .calibrate import CalibrationResult, calibrate
+from .presets import default_op_types
 from .target import TargetChoice, choose
 
 _QTYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -44,6 +45,8 @@ class Prepared:
     path: Optional[Path]  # the file of a big model (calibration and quantization read it from disk)
     choice: TargetChoice
     mode: str
+    op_types: tuple[str, ...] = ()  # what ORT quantizes (empty = all it can)
+    op_types_why: str = ""
     calibration: Optional[CalibrationResult] = None
     records: list[PassRecord] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -61,10 +64,11 @@ def _preprocess(model: onnx.ModelProto, tmp: Path) -> tuple[Path, bool]:
 def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, workdir: Path) -> Prepared:
     """Pre-process, apply the FP32 accuracy passes and calibrate (static). `workdir` must outlive the result."""
     choice = choose(config.target, config.activation_type, config.weight_type, config.reduce_range, config.per_channel)
-    mode = "static" if config.mode == "auto" else config.mode
+    mode = ("static" if calibration is not None else "dynamic") if config.mode == "auto" else config.mode
     pre_path, done = _preprocess(model, workdir)
     big = is_big(model)
     prep = Prepared(onnx.load(str(pre_path), load_external_data=not big), pre_path if big else None, choice, mode)
+    prep.op_types, prep.op_types_why = default_op_types(prep.model, tuple(config.op_types))
     if not done:
         prep.skipped.append(("pre-process", "model over 2 GB: ORT's quant_pre_process (BN folding, shape inference) skipped"))
     if mode == "dynamic":
@@ -100,6 +104,7 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
     rec = PassRecord("quantize")
     rec.stats["target"] = prep.choice.to_dict()
     rec.stats["mode"] = prep.mode
+    rec.stats["op_types"] = {"quantized": list(prep.op_types) or "all", "why": prep.op_types_why}
     for target, reason in prep.skipped:
         rec.skip(target, reason)
     excluded = tuple(dict.fromkeys(tuple(config.exclude) + tuple(exclude)))
@@ -110,7 +115,7 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
     out = workdir / "q.onnx"
     common = dict(per_channel=prep.choice.per_channel, reduce_range=prep.choice.reduce_range,
                   weight_type=_QTYPES[prep.choice.weight_type], use_external_data_format=big,
-                  op_types_to_quantize=list(config.op_types) or None, nodes_to_exclude=list(excluded) or None)
+                  op_types_to_quantize=list(prep.op_types) or None, nodes_to_exclude=list(excluded) or None)
     if prep.mode == "dynamic":
         quantize_dynamic(str(src), str(out), **common)
     else:
@@ -131,8 +136,12 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
             **common,
         )
     qmodel = onnx.load(str(out))
-    if excluded and prep.mode == "static":
-        rec.stats["float_inputs_restored"], left = keep_fp32(qmodel, prep.model, excluded)
+    # ops outside op_types read a tensor's shared DequantizeLinear when another consumer is quantized
+    # (a LayerNorm output feeding both a projection and the residual Add): give them the float tensor
+    unquantized = tuple(n.name for n in qmodel.graph.node if prep.op_types and n.name and
+                        n.op_type not in prep.op_types and n.op_type not in ("QuantizeLinear", "DequantizeLinear"))
+    if (excluded or unquantized) and prep.mode == "static":
+        rec.stats["float_inputs_restored"], left = keep_fp32(qmodel, prep.model, excluded + unquantized)
         for why in left:
             rec.skip("keep-fp32", why)
     for r in prep.records:

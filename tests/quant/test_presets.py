@@ -1,0 +1,56 @@
+import numpy as np
+import onnx
+import pytest
+
+from conftest import run_ort, tiny_cnn
+from onnxcompress.config import QuantConfig
+from onnxcompress.data import Dataset
+from onnxcompress.quant.presets import model_family
+from onnxcompress.quant.qdq import quantize
+
+torch = pytest.importorskip("torch")
+
+
+def encoder(tmp_path, d=64, seq=16):
+    torch.manual_seed(0)
+
+    class Enc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = torch.nn.Linear(8, d)
+            layer = torch.nn.TransformerEncoderLayer(d, 4, 2 * d, dropout=0.0, batch_first=True, activation="gelu")
+            self.enc = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = torch.nn.Linear(d, 10)
+
+        def forward(self, x):
+            return self.head(self.enc(self.inp(x)).mean(1))
+
+    p = tmp_path / "enc.onnx"
+    torch.onnx.export(Enc().eval(), (torch.randn(1, seq, 8),), str(p), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}})
+    return onnx.load(str(p))
+
+
+def test_transformer_defaults_quantize_projections_only_and_keep_cosine(tmp_path):
+    m = encoder(tmp_path)
+    assert model_family(m) == "transformer" and model_family(tiny_cnn()) == "cnn"
+    rng = np.random.default_rng(0)
+    cal = Dataset([{"input": rng.standard_normal((64, 16, 8)).astype(np.float32)}], None, "t")
+    q, rec = quantize(m, cal, QuantConfig(mode="static"))
+    assert rec.stats["op_types"]["quantized"] == ["MatMul", "Gemm"] and "transformer" in rec.stats["op_types"]["why"]
+    prod = {o: n.op_type for n in q.graph.node for o in n.output}
+    fed_by_dq = {n.op_type for n in q.graph.node if any(prod.get(i) == "DequantizeLinear" for i in n.input)}
+    assert fed_by_dq <= {"MatMul", "Gemm"} and {"MatMul", "Gemm"} <= fed_by_dq  # LayerNorm/Softmax/Erf/Add float
+    assert not {"LayerNormalization", "Softmax", "Erf"} & fed_by_dq
+    x = {"input": rng.standard_normal((32, 16, 8)).astype(np.float32)}
+    ref, got = run_ort(m, x)[0], run_ort(q, x)[0]
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() >= 0.99
+    assert rec.stats["fusion"]["int8_mac_share"] >= 0.95  # every projection runs on an int8 kernel
+
+
+def test_explicit_op_types_win(tmp_path):
+    m = encoder(tmp_path)
+    cal = Dataset([{"input": np.random.default_rng(0).standard_normal((16, 16, 8)).astype(np.float32)}], None, "t")
+    _, rec = quantize(m, cal, QuantConfig(mode="static", op_types=("Gemm",)))
+    assert rec.stats["op_types"]["quantized"] == ["Gemm"]
