@@ -30,10 +30,12 @@ from ..io import is_big, save_model
 from ..passes.base import PassRecord
 from .audit import audit
 from .calibrate import CalibrationResult, calibrate
-from .presets import default_op_types
+from .presets import TRANSFORMER_OPS, attention_matmuls, default_op_types
 from .target import TargetChoice, choose
 
 _QTYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+_KEEP_DQ = {"QuantizeLinear", "DequantizeLinear", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity",
+            "Gather", "Slice", "Split", "Concat", "Expand", "Tile", "MaxPool", "Resize", "DepthToSpace", "SpaceToDepth"}
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Prepared:
     mode: str
     op_types: tuple[str, ...] = ()  # what ORT quantizes (empty = all it can)
     op_types_why: str = ""
+    auto_exclude: tuple[str, ...] = ()  # kept FP32 by the model-family defaults (attention MatMuls)
     calibration: Optional[CalibrationResult] = None
     records: list[PassRecord] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -69,6 +72,8 @@ def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, work
     big = is_big(model)
     prep = Prepared(onnx.load(str(pre_path), load_external_data=not big), pre_path if big else None, choice, mode)
     prep.op_types, prep.op_types_why = default_op_types(prep.model, tuple(config.op_types))
+    if prep.op_types == TRANSFORMER_OPS and not config.op_types:
+        prep.auto_exclude = attention_matmuls(prep.model)
     if not done:
         prep.skipped.append(("pre-process", "model over 2 GB: ORT's quant_pre_process (BN folding, shape inference) skipped"))
     if mode == "dynamic":
@@ -104,10 +109,12 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
     rec = PassRecord("quantize")
     rec.stats["target"] = prep.choice.to_dict()
     rec.stats["mode"] = prep.mode
-    rec.stats["op_types"] = {"quantized": list(prep.op_types) or "all", "why": prep.op_types_why}
+    rec.stats["op_types"] = {"quantized": list(prep.op_types) or "all", "why": prep.op_types_why,
+                             "kept_fp32_by_default": list(prep.auto_exclude)}
     for target, reason in prep.skipped:
         rec.skip(target, reason)
     excluded = tuple(dict.fromkeys(tuple(config.exclude) + tuple(exclude)))
+    everything_fp32 = tuple(dict.fromkeys(excluded + prep.auto_exclude))
     big = prep.path is not None
     src = prep.path or workdir / "prepared.onnx"
     if not big:
@@ -115,7 +122,7 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
     out = workdir / "q.onnx"
     common = dict(per_channel=prep.choice.per_channel, reduce_range=prep.choice.reduce_range,
                   weight_type=_QTYPES[prep.choice.weight_type], use_external_data_format=big,
-                  op_types_to_quantize=list(prep.op_types) or None, nodes_to_exclude=list(excluded) or None)
+                  op_types_to_quantize=list(prep.op_types) or None, nodes_to_exclude=list(everything_fp32) or None)
     if prep.mode == "dynamic":
         quantize_dynamic(str(src), str(out), **common)
     else:
@@ -138,10 +145,11 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
     qmodel = onnx.load(str(out))
     # ops outside op_types read a tensor's shared DequantizeLinear when another consumer is quantized
     # (a LayerNorm output feeding both a projection and the residual Add): give them the float tensor
+    # (data-movement ops keep the DequantizeLinear: ORT moves Q/DQ across them to reach the int8 op)
     unquantized = tuple(n.name for n in qmodel.graph.node if prep.op_types and n.name and
-                        n.op_type not in prep.op_types and n.op_type not in ("QuantizeLinear", "DequantizeLinear"))
-    if (excluded or unquantized) and prep.mode == "static":
-        rec.stats["float_inputs_restored"], left = keep_fp32(qmodel, prep.model, excluded + unquantized)
+                        n.op_type not in prep.op_types and n.op_type not in _KEEP_DQ)
+    if (everything_fp32 or unquantized) and prep.mode == "static":
+        rec.stats["float_inputs_restored"], left = keep_fp32(qmodel, prep.model, everything_fp32 + unquantized)
         for why in left:
             rec.skip("keep-fp32", why)
     for r in prep.records:
