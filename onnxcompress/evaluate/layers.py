@@ -13,15 +13,7 @@ import onnx
 
 from ..data import Dataset
 from .compare import sqnr
-from .runner import make_session
-
-
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    del m.graph.output[:]
-    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    return m
+from .runner import make_session, with_outputs
 
 
 def shared_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> dict[str, tuple[str, str]]:
@@ -49,8 +41,8 @@ def layer_sqnr(ref: onnx.ModelProto, cand: onnx.ModelProto, data: Dataset, sampl
         return []
     rnames = list(pairs)
     cnames = [pairs[n][0] for n in rnames]
-    rs = make_session(_with_outputs(ref, rnames), provider, optimize=False)
-    cs = make_session(_with_outputs(cand, cnames), provider, optimize=True)
+    rs = make_session(with_outputs(ref, rnames), provider, optimize=False)
+    cs = make_session(with_outputs(cand, cnames), provider, optimize=True)
     noise = np.zeros(len(rnames))
     signal = np.zeros(len(rnames))
     for batch in data.batches(batch_size, samples):

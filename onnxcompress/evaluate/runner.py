@@ -29,6 +29,16 @@ INSTALL_HINT = {
 ModelLike = Union[str, Path, onnx.ModelProto]
 
 
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy whose outputs are exactly `names` (intermediate tensors to read; ORT computes only what
+    they need). The model itself is never touched."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names))
+    return m
+
+
 def available_providers() -> list[str]:
     """Short names of the execution providers this onnxruntime build exposes (cpu, openvino, ...)."""
     short = {v: k for k, v in PROVIDERS.items()}

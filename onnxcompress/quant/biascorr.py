@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from ..data import Dataset
-from ..evaluate.runner import make_session
+from ..evaluate.runner import make_session, with_outputs
 from ..passes.base import PassRecord
 from .equalize import Graph, attr, copy_model, name_of
 
@@ -30,14 +30,6 @@ class Target:
     bias: tuple[onnx.NodeProto, int]  # node and input index of the float bias (may not exist yet)
     axis: int  # channel axis of `out`: 1 for Conv, -1 otherwise
     scale: float = 1.0  # the bias enters multiplied by this (Gemm beta)
-
-
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy whose outputs are exactly `names` (ORT then computes only what they need)."""
-    m = copy_model(model)
-    del m.graph.output[:]
-    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    return m
 
 
 def _through_qdq(g: Graph, t: str) -> Optional[onnx.NodeProto]:

@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import InputError
+from ..evaluate.runner import with_outputs
 from ..io import atomic_write_bytes, is_big, save_model
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
@@ -192,14 +193,6 @@ def tensors_to_calibrate(model: onnx.ModelProto, workdir: Optional[Path] = None)
     return names
 
 
-def _augmented(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy whose outputs are exactly `names` (ORT computes only what they need)."""
-    m = _copy(model)
-    del m.graph.output[:]
-    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    return m
-
-
 def calibrate(model: onnx.ModelProto, batches: Iterable[dict[str, np.ndarray]], method: str = "minmax",
               percentile: float = 99.999, bins: int = 4096, max_outputs_per_run: int = 256,
               providers: Optional[list[str]] = None, model_path: Optional[Path] = None) -> CalibrationResult:
@@ -243,7 +236,7 @@ def _calibrate(model, batches, method, percentile, bins, max_outputs_per_run, pr
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    sessions = [_session(_augmented(model, c), opts, providers or ["CPUExecutionProvider"], workdir, i)
+    sessions = [_session(with_outputs(model, c), opts, providers or ["CPUExecutionProvider"], workdir, i)
                 for i, c in enumerate(chunks)]
     samples = nb = 0
     for batch in batches:

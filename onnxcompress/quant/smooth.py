@@ -18,9 +18,8 @@ import onnx
 
 from ..data import Dataset
 from ..errors import ConfigError
-from ..evaluate.runner import make_session
+from ..evaluate.runner import make_session, with_outputs
 from ..passes.base import PassRecord
-from .biascorr import with_outputs
 from .equalize import FLOATS, Graph, Layer, as_layer, attr, copy_model, name_of, scale_out
 
 NORMS = ("LayerNormalization", "RMSNormalization")
