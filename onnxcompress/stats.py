@@ -1,4 +1,4 @@
-"""Model statistics: parameters, per-sample MACs (from shape inference), op histogram, size."""
+"""Model statistics: parameters, per-sample MACs (shape inference, or one run where it falls short), ops."""
 from __future__ import annotations
 
 from collections import Counter
@@ -34,16 +34,30 @@ def count_params(model: onnx.ModelProto) -> int:
     return total
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list]:
+_COMPUTE = {"Conv", "ConvTranspose", "QLinearConv", "ConvInteger", "Gemm", "MatMul", "MatMulInteger", "QGemm",
+            "QLinearMatMul"}
+
+
+def _shapes(model: onnx.ModelProto) -> tuple[dict[str, list], int]:
+    """Tensor shapes and the batch size they are for. Shape inference first; when it leaves a compute
+    node's dims unknown (Reshape targets computed from Shape ops, as exported transformers have), one
+    ORT run on a zero batch of 1 gives the real shapes (symbolic input dims = 1)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True) if not is_big(model) else model
     except Exception:  # noqa: BLE001 - shape inference failure only means fewer MACs are known
         inferred = model
     shapes: dict[str, list] = {}
+    unknown: set[str] = set()
+    inputs = [i for i in model.graph.input if i.type.tensor_type.shape.dim]
+    batch_dim = inputs[0].type.tensor_type.shape.dim[0].dim_param if inputs else ""
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
         if vi.type.tensor_type.HasField("shape"):
-            shapes[vi.name] = dims  # symbolic dims (batch) count as 1: MACs are per sample
+            dims = list(vi.type.tensor_type.shape.dim)
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+            # an unknown dim other than the model's batch (e.g. batch*tokens after a Reshape) would count as 1
+            lead_other = bool(dims) and not dims[0].HasField("dim_value") and dims[0].dim_param != batch_dim
+            if lead_other or any(not d.HasField("dim_value") for d in dims[1:]):
+                unknown.add(vi.name)
     for t in _weights(model):
         shapes.setdefault(t.name, list(t.dims))
     for n in model.graph.node:
@@ -51,7 +65,32 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list]:
             for a in n.attribute:
                 if a.name == "value":
                     shapes[n.output[0]] = list(a.t.dims)
-    return shapes
+    vague = any(t in unknown or (t and t not in shapes) for n in model.graph.node if n.op_type in _COMPUTE
+                for t in [*n.input[:2], n.output[0]])
+    if vague and not is_big(model):
+        measured = _run_shapes(model)
+        if measured is not None:
+            shapes.update(measured[0])
+            return shapes, measured[1]
+    return shapes, 1
+
+
+def _run_shapes(model: onnx.ModelProto) -> "tuple[dict[str, list], int] | None":
+    from .data import input_specs
+    from .errors import OnnxCompressError
+    from .evaluate.runner import make_session, with_outputs
+
+    specs = input_specs(model)
+    first = specs[0].shape[0] if specs and specs[0].shape else 1
+    batch = first if isinstance(first, int) and first > 0 else 1
+    feeds = {s.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in s.shape], s.dtype) for s in specs}
+    names = list(dict.fromkeys(o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o))
+    try:
+        sess = make_session(with_outputs(model, names), optimize=False)
+        outs = sess.run(names, feeds)
+    except (OnnxCompressError, Exception):  # noqa: BLE001 - a model ORT cannot run keeps inferred shapes
+        return None
+    return {n: list(o.shape) for n, o in zip(names, outs) if hasattr(o, "shape")}, batch
 
 
 def _weight_source(model: onnx.ModelProto) -> dict[str, str]:
@@ -69,7 +108,7 @@ def count_macs(model: onnx.ModelProto) -> tuple[int, list[str]]:
 
 def node_macs(model: onnx.ModelProto) -> tuple[dict[str, int], list[str]]:
     """MACs per compute node (keyed by node name, or first output when unnamed), and unknown nodes."""
-    shapes = _shapes(model)
+    shapes, batch = _shapes(model)
     unknown: list[str] = []
     result: dict[str, int] = {}
     for n in model.graph.node:
@@ -99,8 +138,8 @@ def node_macs(model: onnx.ModelProto) -> tuple[dict[str, int], list[str]]:
                 continue
             trans_a = any(at.name == "transA" and at.i for at in n.attribute)
             k = a[-2] if (op == "Gemm" and trans_a) else a[-1]
-            per_sample = out[1:] if len(out) >= 2 else out  # leading axis = batch
-            result[key] = int(np.prod(per_sample)) * int(k)
+            # all rows of the output, per sample (a Gemm on [batch*tokens, d] has no batch axis of its own)
+            result[key] = int(np.prod(out)) * int(k) // max(batch, 1) if len(out) >= 2 else int(np.prod(out)) * int(k)
     return result, unknown
 
 

@@ -1,3 +1,4 @@
+import pytest
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 import numpy as np
@@ -35,3 +36,31 @@ def test_depthwise_conv_macs():
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 5])], [w])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     assert count_macs(m) == (4 * 25 * 9, [])
+
+
+def test_macs_of_an_exported_transformer_need_no_static_shapes(tmp_path):
+    """Exported attention reshapes with targets computed from Shape ops: shape inference leaves
+    [batch*tokens, d] unknown; the counter measures the shapes with one run instead of counting 1."""
+    torch = pytest.importorskip("torch")
+    import onnx
+
+    from onnxcompress.stats import count_macs
+
+    S, D, FF = 5, 16, 32
+    torch.manual_seed(0)
+
+    class Enc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.TransformerEncoderLayer(D, 2, FF, dropout=0.0, batch_first=True)
+            self.head = torch.nn.Linear(D, 10)
+
+        def forward(self, x):
+            return self.head(self.layer(x).mean(1))
+
+    p = tmp_path / "enc.onnx"
+    torch.onnx.export(Enc().eval(), (torch.randn(2, S, D),), str(p), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}})
+    expected = S * D * 3 * D + 2 * S * S * D + S * D * D + 2 * S * D * FF + D * 10
+    macs, unknown = count_macs(onnx.load(str(p)))
+    assert (macs, unknown) == (expected, [])
