@@ -45,8 +45,12 @@ def audit(model: onnx.ModelProto, provider: str = "cpu") -> dict[str, Any]:
                 return op
         return None
 
-    compute = [n for n in model.graph.node if n.op_type in COMPUTE]
+    compute = [n for n in model.graph.node if n.op_type in COMPUTE or n.op_type in INT8_KERNELS]
+    quantized = _quantized_nodes(model, compute)
     kernels = {id(n): match(n.name or n.output[0]) for n in compute}
+    for n in compute:  # already-integer ops (dynamic / QOperator models) cannot run in float, whatever ORT renames them
+        if n.op_type in INT8_KERNELS and kernels[id(n)] not in INT8_KERNELS:
+            kernels[id(n)] = n.op_type
     # Unmatched nodes were rewritten under new names (NCHWc convs are named after their output, fused
     # activations change outputs); ORT keeps a trace of the name in every int8 fusion, so these ran in
     # float: pair them in graph order with the unmatched float compute kernels.
@@ -55,13 +59,37 @@ def audit(model: onnx.ModelProto, provider: str = "cpu") -> dict[str, Any]:
     for n in compute:
         name = n.name or n.output[0]
         kernel = kernels[id(n)] or (leftovers.pop(0) if leftovers else "unknown")
-        rows.append({"node": name, "op": n.op_type, "macs": macs.get(name, 0), "kernel": kernel,
-                     "int8": kernel in INT8_KERNELS})
+        is_int8 = kernel in INT8_KERNELS
+        rows.append({"node": name, "op": n.op_type, "macs": macs.get(name, 0), "kernel": kernel, "int8": is_int8,
+                     "role": "int8" if is_int8 else ("island" if id(n) in quantized else "fp32")})
     total = sum(r["macs"] for r in rows)
     int8 = sum(r["macs"] for r in rows if r["int8"])
+    meant = sum(r["macs"] for r in rows if r["role"] != "fp32")
     return {
         "provider": provider, "available": True, "quantized": _is_quantized(model),
         "compute_nodes": len(rows), "int8_nodes": sum(r["int8"] for r in rows),
-        "int8_mac_share": (int8 / total) if total else 0.0, "macs_total": total,
-        "float_islands": [r for r in rows if not r["int8"]], "nodes": rows,
+        # of all compute MACs; of the MACs the quantizer gave Q/DQ (what --require-fusion gates: layers
+        # kept in FP32 on purpose, such as attention score MatMuls or fallback exclusions, are not islands)
+        "int8_mac_share": (int8 / total) if total else 0.0,
+        "fused_share": (int8 / meant) if meant else 0.0,
+        "macs_total": total, "macs_quantized": meant,
+        "float_islands": [r for r in rows if r["role"] == "island"],
+        "kept_fp32": [r for r in rows if r["role"] == "fp32"], "nodes": rows,
     }
+
+
+def _quantized_nodes(model: onnx.ModelProto, compute: list) -> set[int]:
+    """Compute nodes the quantizer meant to run in int8: an input (through data-movement ops) comes
+    from DequantizeLinear, or, for dynamic quantization, the node is already an integer op."""
+    prod = {o: n for n in model.graph.node for o in n.output}
+    passthrough = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"}
+
+    def from_dq(name: str, depth: int = 0) -> bool:
+        n = prod.get(name)
+        if n is None or depth > 4:
+            return False
+        if n.op_type == "DequantizeLinear":
+            return True
+        return n.op_type in passthrough and from_dq(n.input[0], depth + 1)
+
+    return {id(n) for n in compute if n.op_type in INT8_KERNELS or any(from_dq(i) for i in n.input if i)}

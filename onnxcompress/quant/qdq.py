@@ -152,6 +152,8 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
         rec.stats["float_inputs_restored"], left = keep_fp32(qmodel, prep.model, everything_fp32 + unquantized)
         for why in left:
             rec.skip("keep-fp32", why)
+    if prep.mode == "static":
+        rec.stats["shape_reads_moved"] = shapes_after_dq(qmodel)
     for r in prep.records:
         rec.changed.append(f"{r.name}: {len(r.changed)} changes")
         rec.stats[r.name] = r.stats
@@ -172,7 +174,7 @@ def _finish(qmodel: onnx.ModelProto, rec: PassRecord, excluded: tuple[str, ...])
     check_finite_scales(qmodel)
     if not is_big(qmodel):
         fusion = audit(qmodel)
-        rec.stats["fusion"] = {k: fusion[k] for k in ("int8_mac_share", "int8_nodes", "compute_nodes")}
+        rec.stats["fusion"] = {k: fusion[k] for k in ("int8_mac_share", "fused_share", "int8_nodes", "compute_nodes")}
         rec.stats["fusion"]["float_islands"] = [f"{r['node']} ({r['op']} -> {r['kernel']})" for r in fusion["float_islands"]]
     counts = _count_q(qmodel)
     rec.stats.update(counts)
@@ -234,6 +236,27 @@ def keep_fp32(model: onnx.ModelProto, fp32: onnx.ModelProto, nodes: tuple[str, .
         model.graph.node.extend(ordered)
     _drop_unused(model)
     return rewired, left
+
+
+def shapes_after_dq(model: onnx.ModelProto) -> int:
+    """Shape/Size nodes reading a float tensor that also goes to QuantizeLinear read the DequantizeLinear
+    output instead (same shape). ORT fuses DQ -> op -> Q into an int8 kernel only when Q is the op's only
+    consumer: a Shape reader left the attention out-projection Gemm of every exported
+    nn.TransformerEncoder as a float island (measured: 12% of the quantized MACs)."""
+    cons: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            cons.setdefault(i, []).append(n)
+    moved = 0
+    for q in model.graph.node:
+        if q.op_type != "QuantizeLinear":
+            continue
+        dq = next((c for c in cons.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None)
+        for c in cons.get(q.input[0], []) if dq is not None else []:
+            if c.op_type in ("Shape", "Size"):
+                c.input[0] = dq.output[0]
+                moved += 1
+    return moved
 
 
 def _copy_missing_inits(model: onnx.ModelProto, fp32: onnx.ModelProto, node: onnx.NodeProto) -> None:

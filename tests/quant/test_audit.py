@@ -19,15 +19,16 @@ def test_all_compute_on_int8_kernels():
     assert a["available"] and a["compute_nodes"] == 3
     kernels = {r["node"]: r["kernel"] for r in a["nodes"]}
     assert kernels["conv1"] == "QLinearConv" and kernels["conv2"] == "QLinearConv"
-    assert a["int8_mac_share"] == 1.0 and a["float_islands"] == []
+    assert a["int8_mac_share"] == 1.0 and a["fused_share"] == 1.0 and a["float_islands"] == []
 
 
-def test_unquantized_convs_are_float_islands_weighted_by_macs():
-    a = audit(_q(op_types=("Gemm",)))  # only the Gemm gets Q/DQ: the convs stay float
-    islands = {r["node"]: r["kernel"] for r in a["float_islands"]}
-    assert set(islands) == {"conv1", "conv2"} and all(k in ("Conv", "FusedConv", "NchwcConv") for k in islands.values())
+def test_unquantized_convs_are_kept_fp32_not_islands_weighted_by_macs():
+    a = audit(_q(op_types=("Gemm",)))  # only the Gemm gets Q/DQ: the convs stay float on purpose
+    kept = {r["node"]: r["kernel"] for r in a["kept_fp32"]}
+    assert set(kept) == {"conv1", "conv2"} and all(k in ("Conv", "FusedConv", "NchwcConv") for k in kept.values())
+    assert a["float_islands"] == []
     macs, _ = node_macs(tiny_cnn())
-    assert a["int8_mac_share"] == macs["fc"] / sum(macs.values())
+    assert a["int8_mac_share"] == macs["fc"] / sum(macs.values()) and a["fused_share"] == 1.0
 
 
 def test_excluded_node_runs_in_fp32():
@@ -43,6 +44,10 @@ def test_excluded_node_runs_in_fp32():
     # conv1's only consumer is now float, so its output is no longer quantized: ORT runs it in float
     # too (with int8-rounded weights); the audit reports that honestly
     assert kernels["conv1"] not in INT8_KERNELS and a["int8_mac_share"] < 0.5
+    roles = {r["node"]: r["role"] for r in a["nodes"]}
+    assert roles == {"conv1": "island", "conv2": "fp32", "fc": "int8"}  # conv1 has Q/DQ but ORT runs it in float
+    macs, _ = node_macs(tiny_cnn())
+    assert a["fused_share"] == macs["fc"] / (macs["fc"] + macs["conv1"])
     x = make_data(16, seed=3)["input"]
     ref, got = run_ort(tiny_cnn(), {"input": x})[0], run_ort(q, {"input": x})[0]
     assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
@@ -50,7 +55,15 @@ def test_excluded_node_runs_in_fp32():
 
 def test_fp32_model_has_no_int8():
     a = audit(tiny_cnn())
-    assert a["int8_mac_share"] == 0.0 and not a["quantized"]
+    assert a["int8_mac_share"] == 0.0 and a["fused_share"] == 0.0 and not a["quantized"]
+
+
+def test_dynamic_matmuls_count_as_int8():
+    """Dynamic quantization replaces MatMul/Gemm by integer ops: the audit counts them as int8 MACs."""
+    a = audit(_q(mode="dynamic"))
+    roles = {r["node"]: (r["role"], r["op"]) for r in a["nodes"]}
+    assert any(op in INT8_KERNELS and role == "int8" for role, op in roles.values()), roles
+    assert 0.0 < a["int8_mac_share"] <= 1.0 and a["fused_share"] == 1.0
 
 
 def test_require_fusion_gate(tmp_path, tiny_model_path, tiny_data_path):
@@ -59,7 +72,7 @@ def test_require_fusion_gate(tmp_path, tiny_model_path, tiny_data_path):
                          "--require-fusion", "0.95"])
     assert ok.exit_code == 0, ok.output
     bad = r.invoke(main, ["quantize", str(tiny_model_path), "-o", str(tmp_path / "b.onnx"), "-c", str(tiny_data_path),
-                          "--op-types", "Gemm", "--require-fusion", "0.95"])
+                          "--exclude", "conv2", "--require-fusion", "0.95"])
     assert bad.exit_code == 1 and "fusion gate failed" in bad.stderr
     ins = r.invoke(main, ["inspect", str(tmp_path / "a.onnx"), "--json"])
     assert ins.exit_code == 0 and '"int8_mac_share": 1.0' in ins.stdout
