@@ -42,7 +42,6 @@ def test_macs_of_an_exported_transformer_need_no_static_shapes(tmp_path):
     """Exported attention reshapes with targets computed from Shape ops: shape inference leaves
     [batch*tokens, d] unknown; the counter measures the shapes with one run instead of counting 1."""
     torch = pytest.importorskip("torch")
-    import onnx
 
     from onnxcompress.stats import count_macs
 

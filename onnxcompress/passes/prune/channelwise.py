@@ -9,6 +9,7 @@ import math
 from typing import Callable, Optional
 
 import numpy as np
+import onnx
 
 from .graph import Channels
 from .handlers import Handler, attr, describe, norm_axis, register
@@ -24,6 +25,29 @@ def _clip(x, n, ctx=None):
     return np.clip(x, lo, hi)
 
 
+def _erf(x):
+    return np.vectorize(lambda v: math.erf(v) if not np.isnan(v) else np.nan, otypes=[np.float64])(x)
+
+
+def _gelu(x, n):
+    if attr(n, "approximate", "none") in ("tanh", b"tanh"):
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
+
+
+def _cast(x, n):
+    """The constant after Cast: rounded/truncated to the target type (NaN stays unknown)."""
+    try:
+        to = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(attr(n, "to")))
+    except Exception:  # noqa: BLE001 - a type numpy does not know: the value is unknown
+        return np.full_like(x, np.nan)
+    if to.kind not in "fiub":
+        return np.full_like(x, np.nan)
+    with np.errstate(all="ignore"):
+        out = x.astype(to).astype(np.float64) if to.kind == "f" else np.where(np.isnan(x), 0, x).astype(to).astype(np.float64)
+    return np.where(np.isnan(x), np.nan, out)
+
+
 UNARY: dict[str, Callable] = {
     "Relu": _relu,
     "LeakyRelu": lambda x, n: np.where(x >= 0, x, x * attr(n, "alpha", 0.01)),
@@ -37,14 +61,16 @@ UNARY: dict[str, Callable] = {
     "Softplus": lambda x, n: np.log1p(np.exp(x)),
     "Neg": lambda x, n: -x,
     "Abs": lambda x, n: np.abs(x),
-    "Erf": lambda x, n: np.vectorize(lambda v: math.erf(v) if not np.isnan(v) else np.nan)(x),
-    "Gelu": lambda x, n: 0.5 * x * (1 + np.vectorize(lambda v: math.erf(v / math.sqrt(2)) if not np.isnan(v) else np.nan)(x)),
-    "Cast": lambda x, n: x,
+    "Erf": lambda x, n: _erf(x),
+    "Gelu": _gelu,
+    "Cast": _cast,
 }
 
 
 @register("Clip", *UNARY)
 class Unary(Handler):
+    follows = 1
+
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
         if x is None:
@@ -59,6 +85,10 @@ class Unary(Handler):
             const = np.clip(x.const, lo, hi)
         elif node.op_type == "Clip":
             const = _clip(x.const, node)
+        elif node.op_type == "Dropout" and len(node.input) > 2 and node.input[2] and \
+                (ctx.index.const(node.input[2]) is None or ctx.index.const(node.input[2]).any()):
+            ctx.block(x.ids, describe(node), "Dropout in training mode (or with a non-constant mode)")
+            return
         else:
             with np.errstate(all="ignore"):
                 const = UNARY[node.op_type](x.const, node)
@@ -69,6 +99,8 @@ class Unary(Handler):
           "GlobalLpPool")
 class Shaped(Handler):
     """Pools, Resize, Pad: channel axis 1 passes through; constants survive unless padding changes them."""
+    follows = 1
+
 
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
@@ -82,22 +114,36 @@ class Shaped(Handler):
         if op == "Pad":
             pads = ctx.index.const(node.input[1]) if len(node.input) > 1 and node.input[1] else attr(node, "pads")
             mode = attr(node, "mode", b"constant")
+            axes = ctx.index.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+            rank = ctx.index.rank(node.input[0])
+            if pads is not None and axes is not None:  # opset 18: pads of the listed axes only
+                full = np.zeros(2 * rank, dtype=np.int64) if rank is not None else None
+                if full is not None and len(pads) == 2 * len(axes.reshape(-1)):
+                    for j, a in enumerate(int(v) % rank for v in axes.reshape(-1)):
+                        full[a], full[a + rank] = pads[j], pads[j + len(pads) // 2]
+                pads = full
+            elif len(node.input) > 3 and node.input[3]:
+                pads = None  # non-constant axes
             if pads is None or len(pads) < 4 or pads[1] != 0 or pads[len(pads) // 2 + 1] != 0:
                 ctx.block(x.ids, describe(node), "Pad on the channel axis or with non-constant pads")
                 return
-            value = 0.0
+            value = float(attr(node, "value", 0.0))  # opset < 11: an attribute
             if len(node.input) > 2 and node.input[2]:
                 v = ctx.index.const(node.input[2])
-                value = float(v) if v is not None else np.nan
+                value = float(v.reshape(-1)[0]) if v is not None and v.size == 1 else np.nan
             if (mode in (b"constant", "constant")) and ctx.exact:
                 const = np.where(const == value, const, np.nan)
-        elif op == "AveragePool" and any(p > 0 for p in attr(node, "pads", [])) and attr(node, "count_include_pad", 0) and ctx.exact:
+        elif op == "AveragePool" and attr(node, "count_include_pad", 0) and ctx.exact and \
+                (any(p > 0 for p in attr(node, "pads", [])) or attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")):
             const = np.where(const == 0, const, np.nan)
         elif op == "Resize":
-            scales = ctx.index.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            at = 1 if (ctx.index.opset or 11) < 11 else 2  # opset 10: Resize(X, scales)
+            scales = ctx.index.const(node.input[at]) if len(node.input) > at and node.input[at] else None
             sizes = ctx.index.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-            if sizes is not None and sizes.size or (scales is not None and scales.size and scales[1] != 1):
-                ctx.block(x.ids, describe(node), "Resize with explicit sizes or channel scaling")
+            if sizes is not None and sizes.size or (scales is not None and scales.size and scales[1] != 1) \
+                    or attr(node, "axes") is not None or (len(node.input) > 1 and not all(
+                        ctx.index.const(i) is not None for i in node.input[1:] if i)):
+                ctx.block(x.ids, describe(node), "Resize with explicit sizes, axes or channel scaling")
                 return
         elif op == "LpPool" or op == "GlobalLpPool":
             const = np.full_like(const, np.nan)
@@ -106,13 +152,19 @@ class Shaped(Handler):
 
 @register("BatchNormalization")
 class BatchNorm(Handler):
+    follows = 1
+
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
         if x is None:
             return
         params = [ctx.index.const(i) for i in node.input[1:5]]
-        if x.axis != 1 or any(p is None for p in params) or any(ctx.index.uses(i) > 1 for i in node.input[1:5]):
-            ctx.block(x.ids, describe(node), "BatchNormalization with non-constant or shared parameters")
+        if x.axis != 1 or any(p is None or p.shape != x.ids.shape for p in params) \
+                or any(ctx.index.uses(i) > 1 for i in node.input[1:5]):
+            ctx.block(x.ids, describe(node), "BatchNormalization with non-constant, shared or non-per-channel parameters")
+            return
+        if attr(node, "training_mode", 0):
+            ctx.block(x.ids, describe(node), "BatchNormalization in training mode (batch statistics)")
             return
         gamma, beta, mean, var = (p.astype(np.float64) for p in params)
         scale = gamma / np.sqrt(var + attr(node, "epsilon", 1e-5))
@@ -125,14 +177,16 @@ class BatchNorm(Handler):
                 ctx.index.set_const(name, ctx.index.const(name)[k])
 
 
-def _const_axis(c: np.ndarray, axis: int, out_rank: Optional[int]) -> Optional[int]:
+def _from_end(ch: Channels, rank: Optional[int]) -> Optional[int]:
+    """The channel axis counted from the end (negative): what broadcasting keeps. None: unknown rank."""
+    if ch.axis < 0:
+        return ch.axis
+    return None if rank is None else ch.axis - rank
+
+
+def _const_axis(c: np.ndarray, from_end: int) -> Optional[int]:
     """Which axis of the broadcast constant `c` lines up with the channel axis (None: it doesn't vary)."""
-    if c.ndim == 0:
-        return None
-    a = norm_axis(axis, out_rank)
-    if a is None:
-        return c.ndim - 1 if axis == -1 else None
-    ca = a - (out_rank - c.ndim)
+    ca = c.ndim + from_end
     return ca if ca >= 0 else None
 
 
@@ -166,7 +220,15 @@ class Binary(Handler):
         if c is None:
             ctx.block(x.ids, describe(node), f"{node.op_type} with a non-constant operand that is not tracked")
             return
-        ca = _const_axis(c, x.axis, out_rank)
+        end = _from_end(x, ctx.index.rank(node.input[xi]))
+        if end is None and c.ndim:
+            ctx.block(x.ids, describe(node), f"{node.op_type} operand of unknown rank")
+            return
+        if end is None:  # a scalar: the axes stay as they are
+            out_axis, ca = x.axis, None
+        else:
+            out_axis = end if out_rank is None else out_rank + end  # a constant of higher rank adds leading axes
+            ca = _const_axis(c, end)
         if ca is not None and c.shape[ca] not in (1, len(x.ids)):
             ctx.block(x.ids, describe(node), "constant operand does not broadcast per channel")
             return
@@ -175,18 +237,18 @@ class Binary(Handler):
                 ctx.block(x.ids, describe(node), "per-channel constant is shared with another node")
                 return
             if c.size != len(x.ids):
-                ctx.tensors[node.output[0]] = Channels(x.axis, x.ids, np.full(len(x.ids), np.nan))
+                ctx.tensors[node.output[0]] = Channels(out_axis, x.ids, np.full(len(x.ids), np.nan))
                 return
             cv = c.reshape(-1).astype(np.float64)
         else:
             if c.size != 1:  # varies along a non-channel axis: constant channels stop being constant
-                ctx.tensors[node.output[0]] = Channels(x.axis, x.ids, np.where(
-                    (node.op_type == "Mul") & (x.const == 0), 0.0, np.nan))
+                zero = (node.op_type == "Mul") & (x.const == 0) & bool(np.isfinite(c).all())
+                ctx.tensors[node.output[0]] = Channels(out_axis, x.ids, np.where(zero, 0.0, np.nan))
                 return
             cv = np.full(len(x.ids), float(c.reshape(-1)[0]))
         with np.errstate(all="ignore"):
             const = fn(x.const, cv) if xi == 0 else fn(cv, x.const)
-        ctx.tensors[node.output[0]] = Channels(x.axis, x.ids, const)
+        ctx.tensors[node.output[0]] = Channels(out_axis, x.ids, const)
 
     def apply(self, node, ctx, kept):
         for xi in (0, 1):
@@ -195,6 +257,7 @@ class Binary(Handler):
             c = ctx.index.const(other)
             if k is None or c is None or other in ctx.tensors:
                 continue
-            ca = _const_axis(c, ctx.tensors[node.input[xi]].axis, ctx.index.rank(node.output[0]))
+            end = _from_end(ctx.tensors[node.input[xi]], ctx.index.rank(node.input[xi]))
+            ca = None if end is None else _const_axis(c, end)
             if ca is not None and c.shape[ca] == len(k):
                 ctx.index.set_const(other, np.compress(k, c, axis=ca))

@@ -42,6 +42,24 @@ class Read:
     can_fold: bool
 
 
+def subgraph_refs(node: onnx.NodeProto) -> set[str]:
+    """Names the node's subgraphs (If/Loop/Scan bodies, recursively) read, outer-scope ones included:
+    those are implicit inputs of the node."""
+    refs: set[str] = set()
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for n in g.node:
+                refs.update(i for i in n.input if i)
+                refs |= subgraph_refs(n)
+            refs.update(o.name for o in g.output)
+    return refs
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Explicit and implicit (subgraph) inputs."""
+    return [i for i in node.input if i] + sorted(subgraph_refs(node) - set(node.input))
+
+
 def materialize_constants(model: onnx.ModelProto) -> int:
     """Replace Identity(initializer) nodes (the TorchScript exporter's de-duplication of equal weights)
     by initializers of their own, so each weight belongs to one node and can be sliced. Exact."""
@@ -58,7 +76,7 @@ def materialize_constants(model: onnx.ModelProto) -> int:
             model.graph.node.remove(node)
             done += 1
     if done:
-        used = {i for n in model.graph.node for i in n.input} | graph_outputs
+        used = {i for n in model.graph.node for i in node_inputs(n)} | graph_outputs
         for init in list(model.graph.initializer):
             if init.name not in used:
                 model.graph.initializer.remove(init)
@@ -81,10 +99,10 @@ class GraphIndex:
         self.producer: dict[str, onnx.NodeProto] = {o: n for n in g.node for o in n.output}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for n in g.node:
-            for i in n.input:
-                if i:
-                    self.consumers.setdefault(i, []).append(n)
+            for i in node_inputs(n):
+                self.consumers.setdefault(i, []).append(n)
         self.graph_outputs = {o.name for o in g.output}
+        self.opset: Optional[int] = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         self.shapes: dict[str, list[Optional[int]]] = {}
         try:
             inferred = model if is_big(model) else onnx.shape_inference.infer_shapes(model, data_prop=True)
@@ -110,6 +128,8 @@ class GraphIndex:
     def _load(self, name: str) -> Optional[np.ndarray]:
         if name in self.inits:
             t = self.inits[name]
+            if t.data_location == onnx.TensorProto.EXTERNAL:  # not loaded: treated as not a constant
+                return None
             if t.data_type == onnx.TensorProto.FLOAT and t.raw_data and len(t.raw_data) == 4 * int(np.prod(t.dims)):
                 return np.frombuffer(t.raw_data, dtype="<f4").reshape(tuple(t.dims))  # no copy of big weights
             return numpy_helper.to_array(t)
@@ -121,7 +141,11 @@ class GraphIndex:
     def set_const(self, name: str, value: np.ndarray) -> None:
         self._cache.pop(name, None)
         if name in self.inits:
-            self.inits[name].CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(self.inits[name]).dtype), name))
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(self.inits[name].data_type)
+            self.inits[name].CopyFrom(numpy_helper.from_array(value.astype(dtype), name))
+            for vi in self.model.graph.input:  # old-style models list initializers as inputs too
+                if vi.name == name and vi.type.tensor_type.HasField("shape"):
+                    vi.type.tensor_type.shape.CopyFrom(onnx.helper.make_tensor_type_proto(1, value.shape).tensor_type.shape)
         else:
             attr = next(a for a in self.const_nodes[name].attribute if a.name == "value")
             attr.t.CopyFrom(numpy_helper.from_array(value, name))

@@ -8,7 +8,7 @@ removed input channel into the consumer's bias.
 The handlers live in themed modules that register into `HANDLERS` with `@register(op, ...)` when
 imported: `layers` (Conv, ConvTranspose, Gemm, MatMul), `channelwise` (activations, pools,
 BatchNormalization, elementwise binary ops) and `structure` (Concat, Split, Slice, Flatten/Reshape,
-reductions, axis moves, normalizations). The package `__init__` imports them (via `remove`), so the
+reductions, axis moves, normalizations, Shape). The package `__init__` imports them (via `remove`), so the
 registry is complete whenever anything in `onnxcompress.passes.prune` is imported.
 """
 from __future__ import annotations
@@ -91,6 +91,9 @@ def set_input_const(node: onnx.NodeProto, ctx: ChannelContext, pos: int, value: 
 class Handler:
     """Default: an op we cannot follow. Channels reaching it are blocked; its outputs are untracked."""
 
+    follows: Optional[int] = None  # how many leading inputs carry channels `propagate` follows (None: all);
+    # tracked tensors in the others (weights, pads, axes... computed from channels) are blocked
+
     def propagate(self, node: onnx.NodeProto, ctx: ChannelContext) -> None:
         for name in node.input:
             if name in ctx.tensors:
@@ -123,11 +126,3 @@ def register(*op_types: str) -> Callable[[H], H]:
         return cls
 
     return deco
-
-
-@register("Shape", "Size")
-class Ignore(Handler):
-    """Ops whose output does not depend on the channel count in a way we must edit (Shape, Size)."""
-
-    def propagate(self, node, ctx):
-        pass

@@ -32,7 +32,9 @@ def _bias(node, ctx, idx: int) -> tuple[bool, Optional[np.ndarray]]:
 
 
 def _add_bias(node, ctx, idx: int, value: np.ndarray) -> None:
-    name = add_initializer(ctx, f"{node.output[0]}__folded_bias", value.astype(np.float32))
+    w = ctx.index.inits.get(node.input[1])  # the bias has the weight's type (float16 models)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(w.data_type) if w is not None else np.float32
+    name = add_initializer(ctx, f"{node.output[0]}__folded_bias", value.astype(dtype))
     while len(node.input) < idx:
         node.input.append("")
     node.input.append(name)
@@ -52,6 +54,8 @@ def _slice_in_out(node, ctx, kept: Kept):
 
 @register("Conv")
 class Conv(Handler):
+    follows = 1
+
     def _padded(self, node, w) -> bool:
         pads = attr(node, "pads", [])
         auto = attr(node, "auto_pad", b"NOTSET")
@@ -164,6 +168,8 @@ class ConvTranspose(Conv):
 
 @register("Gemm")
 class Gemm(Handler):
+    follows = 1
+
     def _matrix(self, node, ctx) -> Optional[np.ndarray]:
         """B as a [K, N] matrix."""
         b = ctx.index.const(node.input[1])
@@ -204,18 +210,24 @@ class Gemm(Handler):
 
     def fold(self, node, ctx, removed, const):
         bm = self._matrix(node, ctx)
-        delta = attr(node, "alpha", 1.0) * (const[removed] @ bm[removed]) / attr(node, "beta", 1.0)
+        delta = attr(node, "alpha", 1.0) * (const[removed] @ bm[removed])  # what the output loses
         _, c = _bias(node, ctx, 2)
+        beta = attr(node, "beta", 1.0)
+        if c is not None and beta != 0:
+            ctx.index.set_const(node.input[2], np.broadcast_to(c.reshape(-1), delta.shape) + delta / beta)
+            return
+        set_attr(node, "beta", 1.0)  # no C (or C scaled by 0): delta becomes C, unscaled
         if c is None:
-            set_attr(node, "beta", 1.0)
-            _add_bias(node, ctx, 2, delta * attr(node, "beta", 1.0))
+            _add_bias(node, ctx, 2, delta)
         else:
-            ctx.index.set_const(node.input[2], np.broadcast_to(c.reshape(-1), delta.shape) + delta)
+            ctx.index.set_const(node.input[2], delta)
 
 
 @register("MatMul")
 class MatMul(Handler):
     """x @ W with constant 2-D W: MLP layers and transformer feed-forward blocks (hidden = last axis)."""
+    follows = 1
+
 
     def _bias_add(self, node, ctx) -> Optional[onnx.NodeProto]:
         cons = ctx.index.consumers.get(node.output[0], [])

@@ -1,6 +1,7 @@
 """Find dead channel groups and remove them physically, folding the constants they carry into the
 consumers' biases. Exact mode keeps the model numerically equal; anything it cannot prove is skipped
-with a reason in the pass record."""
+with a reason in the pass record. It assumes finite activations: a channel whose weights are all zero
+outputs its bias (0 * x = 0), which does not hold where a layer's input holds inf or NaN."""
 from __future__ import annotations
 
 from collections import Counter
@@ -9,11 +10,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from ...errors import OnnxCompressError
 from ...io import is_big
 from ...stats import count_macs, count_params
 from ..base import PassRecord
 from . import channelwise, layers, structure  # noqa: F401 - importing them registers their handlers
-from .graph import ChannelContext, GraphIndex, materialize_constants
+from .graph import ChannelContext, GraphIndex, materialize_constants, node_inputs
 from .handlers import DEFAULT, HANDLERS, Handler, describe
 
 
@@ -22,11 +24,30 @@ def analyze(model: onnx.ModelProto, exact: bool = True) -> ChannelContext:
     materialize_constants(model)
     ctx = ChannelContext(GraphIndex(model), exact=exact)
     for node in model.graph.node:
-        HANDLERS.get(node.op_type, DEFAULT).propagate(node, ctx) if node.domain in ("", "ai.onnx") \
-            else DEFAULT.propagate(node, ctx)
+        handler = HANDLERS.get(node.op_type, DEFAULT) if node.domain in ("", "ai.onnx") else DEFAULT
+        handler.propagate(node, ctx)
+        _guard_untracked(node, ctx, handler)
     for out in model.graph.output:
         ctx.block_tensor(out.name, f"graph output '{out.name}'", "a channel that reaches a graph output is kept")
     return ctx
+
+
+def _guard_untracked(node: onnx.NodeProto, ctx: ChannelContext, handler: Handler) -> None:
+    """Block what a handler cannot follow: tensors a subgraph reads from the outer scope, channels in an
+    input the handler takes as a parameter (a Conv weight computed by another Conv), and every channel
+    of a node that has an output the handler did not track (BatchNormalization's training statistics,
+    Dropout's mask, MaxPool's indices) that is used: its shape or value would change unseen."""
+    for name in set(node_inputs(node)) - set(node.input):
+        ctx.block_tensor(name, describe(node), "read inside a subgraph")
+    if handler.follows is not None:
+        for name in node.input[handler.follows:]:
+            ctx.block_tensor(name, describe(node), f"a {node.op_type} parameter computed from channels")
+    outs = [o for o in node.output if o]
+    untracked = [o for o in outs if o not in ctx.tensors and (ctx.index.uses(o) or o in ctx.index.graph_outputs)]
+    if untracked and any(o in ctx.tensors for o in outs):
+        for name in list(node.input) + outs:
+            if name in ctx.tensors:
+                ctx.block_tensor(name, describe(node), f"output '{untracked[0]}' is not followed by channel pruning")
 
 
 def _dead_groups_once(ctx: ChannelContext) -> tuple[set[int], dict[int, tuple[str, str]]]:
@@ -38,7 +59,7 @@ def _dead_groups_once(ctx: ChannelContext) -> tuple[set[int], dict[int, tuple[st
         ch = ctx.tensors[read.tensor]
         roots = ctx.roots(ch.ids)
         for r, c in zip(roots.tolist(), ch.const.tolist()):
-            if np.isnan(c):
+            if not np.isfinite(c):  # data-dependent (NaN), or infinite: not folded
                 live.add(r)
             elif c != 0 and (not read.can_fold or (ctx.exact and not read.exact_fold)):
                 reasons.setdefault(r, (f"{read.node.op_type} '{read.node.name or read.node.output[0]}'",
@@ -63,6 +84,13 @@ def resolve_conflicts(ctx: ChannelContext, removed: set[int]) -> set[int]:
                 ids, reason = hit
                 ctx.block(ids, describe(node), reason)
                 newly.update(ctx.roots(ids).tolist())
+        gone = np.zeros(len(ctx.parent), dtype=bool)
+        gone[list(removed)] = True
+        for name, ch in ctx.tensors.items():  # an empty tensor is degenerate (ORT rejects 0 channels)
+            roots = ctx.roots(ch.ids)
+            if len(roots) and gone[roots].all():
+                ctx.block(ch.ids[:1], f"tensor '{name}'", "removing every channel would leave it empty")
+                newly.add(int(roots[0]))
         if not newly & removed:
             break
         removed -= newly
@@ -122,8 +150,33 @@ def remove_channels(model: onnx.ModelProto, exact: bool = True, name: str = "pru
     return r.model, r.record
 
 
+INTERNAL = "channel pruning failed on this graph, the model is left unchanged"
+
+
+def unchanged(model: onnx.ModelProto, name: str, error: str) -> Removal:
+    """The safety net of issue #3: a structure the handlers get wrong must not crash the tool or corrupt
+    the model. The failure is recorded as a skip (the tests fail on it: it is a bug to fix)."""
+    rec = PassRecord(name)
+    rec.skip("channel pruning", f"{INTERNAL}: {error}")
+    rec.stats["params_before"] = rec.stats["params_after"] = count_params(model)
+    rec.stats["macs_before"] = rec.stats["macs_after"] = count_macs(model)[0]
+    rec.stats["groups_removed"] = 0
+    m = onnx.ModelProto()
+    m.CopyFrom(model)  # a copy, as on success: callers may edit it
+    return Removal(m, rec)
+
+
 def removal(model: onnx.ModelProto, exact: bool = True, name: str = "prune") -> Removal:
     """remove_channels, also returning which channel positions each changed tensor kept."""
+    try:
+        return _removal(model, exact, name)
+    except OnnxCompressError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see `unchanged`
+        return unchanged(model, name, f"{type(exc).__name__}: {exc}")
+
+
+def _removal(model: onnx.ModelProto, exact: bool, name: str) -> Removal:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     rec = PassRecord(name)

@@ -1,5 +1,5 @@
 """Channel-pruning handlers of structure ops: Concat, Split, Slice, Flatten/Reshape, reductions, Squeeze/
-Unsqueeze/Transpose, Softmax/LayerNormalization; channel id lists are concatenated, cut, repeated or
+Unsqueeze/Transpose, Softmax/LayerNormalization, Shape; channel id lists are concatenated, cut, repeated or
 moved to another axis.
 """
 from __future__ import annotations
@@ -48,6 +48,8 @@ class Concat(Handler):
 
 @register("Split")
 class Split(Handler):
+    follows = 1
+
     def _sizes(self, node, ctx, n: int) -> Optional[list[int]]:
         if len(node.input) > 1 and node.input[1]:
             s = ctx.index.const(node.input[1])
@@ -137,6 +139,8 @@ class Slice(Handler):
     """Channel ids pass through a Slice on other axes; on the channel axis the output carries the selected
     sub-list of ids (like Split). Removing channels rewrites starts/ends (and steps) so the Slice still
     selects the surviving channels; when they are no longer one strided range the removal is refused."""
+    follows = 1
+
 
     def params(self, node: onnx.NodeProto, ctx: ChannelContext) -> tuple[Optional[SliceParams], str]:
         """(parameters, "") or (None, reason). Axes may be known while starts/ends are not: then the
@@ -244,6 +248,8 @@ class Slice(Handler):
 class Flatten(Handler):
     """[N, C, H, W] -> [N, C*H*W]: one channel becomes a block of H*W features (channel-major).
     Also Reshape that keeps the last (channel) axis, e.g. [N*S, C] <-> [N, S, C] around a Gemm."""
+    follows = 1
+
 
     def _last_dim_source(self, node, ctx) -> Optional[tuple[str, np.ndarray]]:
         """(constant holding the target shape's last element, its value) for a Reshape."""
@@ -257,6 +263,18 @@ class Flatten(Handler):
             if tail is not None and ctx.index.uses(prod.input[-1]) == 1:
                 return prod.input[-1], tail
         return None
+
+    @staticmethod
+    def _to_batch_by_features(target: list[int], shape: Optional[list], channels: int) -> bool:
+        """Whether a Reshape to `target` (2 values) of [N, C, ...] gives [N, C*...]: the second value is
+        the feature count (or -1 with the first keeping N), not e.g. [N*C, H*W]."""
+        if shape is None or any(d is None for d in shape[2:]):
+            return False
+        flat = channels * (int(np.prod(shape[2:])) if len(shape) > 2 else 1)
+        first, second = target
+        if second == flat or (second == 0 and flat == channels):
+            return True
+        return second == -1 and (first == 0 or (shape[0] is not None and first == shape[0]))
 
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
@@ -274,7 +292,8 @@ class Flatten(Handler):
             ok = attr(node, "axis", 1) == 1
         else:  # Reshape to [N, -1] / [0, -1] / [N, C*H*W]; N may come from Shape (dynamo: Concat(Shape..., [C*H*W]))
             target = ctx.index.const(node.input[1])
-            ok = target is not None and target.size == 2 and (attr(node, "allowzero", 0) == 0 or 0 not in target)
+            ok = target is not None and target.size == 2 and (attr(node, "allowzero", 0) == 0 or 0 not in target) \
+                and self._to_batch_by_features(target.reshape(-1).tolist(), shape, len(x.ids))
             if target is None and ctx.index.rank(node.output[0]) == 2 and shape is not None \
                     and all(d is not None for d in shape[2:]):
                 src = self._last_dim_source(node, ctx)
@@ -313,18 +332,26 @@ class Flatten(Handler):
 
 @register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum")
 class Reduce(Handler):
-    def _axes(self, node, ctx) -> Optional[list[int]]:
+    follows = 1
+
+    def _axes(self, node, ctx, rank: int) -> Optional[list[int]]:
         if len(node.input) > 1 and node.input[1]:
             a = ctx.index.const(node.input[1])
-            return None if a is None else [int(v) for v in a]
-        return attr(node, "axes")
+            if a is None:
+                return None
+            axes = [int(v) for v in a.reshape(-1)]
+        else:
+            axes = list(attr(node, "axes", []))
+        if not axes:  # no axes: all of them, unless noop_with_empty_axes
+            return [] if attr(node, "noop_with_empty_axes", 0) else list(range(rank))
+        return axes
 
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
         if x is None:
             return
         rank = ctx.index.rank(node.input[0])
-        axes = self._axes(node, ctx)
+        axes = None if rank is None else self._axes(node, ctx, rank)
         ca = norm_axis(x.axis, rank)
         if rank is None or axes is None or ca is None:
             ctx.block(x.ids, describe(node), "reduction over unknown axes")
@@ -335,12 +362,14 @@ class Reduce(Handler):
             return
         new_axis = ca if attr(node, "keepdims", 1) else ca - sum(a < ca for a in axes)
         const = x.const if node.op_type in ("ReduceMean", "ReduceMax", "ReduceMin") else np.full_like(x.const, np.nan)
-        ctx.tensors[node.output[0]] = Channels(new_axis if x.axis >= 0 else x.axis, x.ids, const)
+        ctx.tensors[node.output[0]] = Channels(new_axis, x.ids, const)
 
 
 @register("Squeeze", "Unsqueeze", "Transpose")
 class Reshaping(Handler):
     """Squeeze / Unsqueeze / Transpose: the channel axis moves, the channels stay."""
+    follows = 1
+
 
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
@@ -360,9 +389,9 @@ class Reshaping(Handler):
             if axes is None and len(node.input) > 1 and node.input[1]:
                 c = ctx.index.const(node.input[1])
                 axes = None if c is None else [int(v) for v in c]
-            if axes is None and node.op_type == "Squeeze":
-                shape = ctx.index.shapes.get(node.input[0]) or []
-                axes = [i for i, d in enumerate(shape) if d == 1]
+            if axes is None and node.op_type == "Squeeze":  # squeezes every 1: only known with all dims known
+                shape = ctx.index.shapes.get(node.input[0])
+                axes = None if shape is None or None in shape else [i for i, d in enumerate(shape) if d == 1]
             if axes is None:
                 ctx.block(x.ids, describe(node), f"{node.op_type} with unknown axes")
                 return
@@ -384,15 +413,18 @@ class Reshaping(Handler):
 @register("Softmax", "LogSoftmax", "LayerNormalization")
 class AxisOp(Handler):
     """Softmax / LayerNormalization: fine along other axes, coupling along the channel axis."""
+    follows = 1
+
 
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
         if x is None:
             return
         rank = ctx.index.rank(node.input[0])
-        axis = norm_axis(attr(node, "axis", -1), rank)
+        legacy = node.op_type != "LayerNormalization" and (ctx.index.opset or 13) < 13
+        axis = norm_axis(attr(node, "axis", 1 if legacy else -1), rank)
         ca = norm_axis(x.axis, rank)
-        if node.op_type == "LayerNormalization":
+        if node.op_type == "LayerNormalization" or legacy:  # before opset 13 Softmax covers axis..end
             coupled = axis is None or ca is None or ca >= axis
         else:
             coupled = axis is None or ca is None or ca == axis
@@ -403,3 +435,42 @@ class AxisOp(Handler):
             if i in ctx.tensors:
                 ctx.block_tensor(i, describe(node), "normalization parameters are activations")
         ctx.tensors[node.output[0]] = Channels(x.axis, x.ids, np.full(len(x.ids), np.nan))
+
+
+@register("Shape")
+class ShapeOf(Handler):
+    """Shape(x): the channel count is in the shape vector, so removal changes its value. Allowed only when
+    every consumer reads other entries (e.g. the batch size: Gather 0, Slice 0:1); Size is never allowed."""
+    follows = 1
+
+
+    def _reads_only_other(self, node: onnx.NodeProto, ctx: ChannelContext, shape: str, n: int, pos: int) -> bool:
+        """Whether `node` reads the shape vector `shape` (n entries) only at entries other than `pos`."""
+        if node.input[0] != shape or shape in node.input[1:]:
+            return False
+        if node.op_type == "Gather" and attr(node, "axis", 0) == 0:
+            idx = ctx.index.const(node.input[1])
+            return idx is not None and pos not in {int(i) % n for i in idx.reshape(-1).tolist()}
+        if node.op_type == "Slice":
+            p, _ = Slice().params(node, ctx)
+            if p is None or not p.starts or [norm_axis(a, 1) for a in p.axes] != [0] or p.steps[0] == 0:
+                return False
+            return pos not in slice_range(n, p.starts[0], p.ends[0], p.steps[0])
+        return False
+
+    def propagate(self, node, ctx):
+        x = ctx.tensors.get(node.input[0])
+        if x is None:
+            return
+        rank = ctx.index.rank(node.input[0])
+        if rank is None:
+            ctx.block(x.ids, describe(node), "Shape of a tensor of unknown rank")
+            return
+        ca = norm_axis(x.axis, rank)
+        start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (attr(node, "start", 0), attr(node, "end", rank)))
+        if not start <= ca < end:
+            return
+        users = ctx.index.consumers.get(node.output[0], [])
+        if node.output[0] in ctx.index.graph_outputs or \
+                not all(self._reads_only_other(u, ctx, node.output[0], end - start, ca - start) for u in users):
+            ctx.block(x.ids, describe(node), "the channel count is read from the tensor's shape")

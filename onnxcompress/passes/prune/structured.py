@@ -12,9 +12,10 @@ from collections import Counter, defaultdict
 import numpy as np
 import onnx
 
+from ...errors import OnnxCompressError
 from ..base import PassRecord
 from .graph import ChannelContext
-from .remove import Removal, analyze, dead_groups, removal, resolve_conflicts
+from .remove import INTERNAL, Removal, analyze, dead_groups, removal, resolve_conflicts, unchanged
 
 
 def _rows(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
@@ -108,6 +109,16 @@ def structured_prune(model: onnx.ModelProto, ratio: float, criterion: str = "l2"
 def structured_removal(model: onnx.ModelProto, ratio: float, criterion: str = "l2", scope: str = "global",
                        align: int = 8, min_channels: int = 8) -> Removal:
     """structured_prune, also returning which channel positions each changed tensor kept."""
+    try:
+        return _structured_removal(model, ratio, criterion, scope, align, min_channels)
+    except OnnxCompressError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the safety net of remove.unchanged
+        return unchanged(model, "prune", f"{type(exc).__name__}: {exc}")
+
+
+def _structured_removal(model: onnx.ModelProto, ratio: float, criterion: str, scope: str, align: int,
+                        min_channels: int) -> Removal:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     ctx = analyze(m, exact=False)
@@ -121,6 +132,9 @@ def structured_removal(model: onnx.ModelProto, ratio: float, criterion: str = "l
             ctx.index.set_const(wname, _zero_rows(node, ctx.index.const(wname), rows))
     result = removal(m, exact=False)
     rec = result.record
+    failed = next((s for s in rec.skipped if s.reason.startswith(INTERNAL)), None)
+    if failed is not None:  # not the zeroed-but-kept model: the input as it was
+        return unchanged(model, "prune", failed.reason[len(INTERNAL) + 2:])
     why = {ctx.find(i): reason for i, reason in ctx.blocked.items()}
     for (target, reason), n in Counter(why[r] for r in refused).most_common():
         rec.skip(target, f"{reason} ({n} selected channel{'s' if n > 1 else ''} kept)")
