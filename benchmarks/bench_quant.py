@@ -174,9 +174,10 @@ def section_accuracy() -> None:
         for name, p in paths.items():
             top1 = topk(run_dataset(make_session(p), val, 256)["logits"], val.labels)
             base = base if base is not None else top1
-            share = audit(onnx.load(str(p)))["int8_mac_share"]
+            a = audit(onnx.load(str(p)))
             t = lat[name]["cpu/t1/b1"]
-            print(f"   {name:16s} top-1 {top1:6.2f}  drop {base - top1:5.2f}  int8 share of MACs {100 * share:5.1f}%  "
+            print(f"   {name:16s} top-1 {top1:6.2f}  drop {base - top1:5.2f}  int8 share of MACs {100 * a['int8_mac_share']:5.1f}%"
+                  f" ({len(a['float_islands'])} float islands)  "
                   f"{t['median_ms']:.3f} ms  speedup vs FP32 {t['speedup']:.2f}x")
 
 
@@ -215,6 +216,7 @@ def section_other_models() -> None:
     from onnxcompress.evaluate.compare import output_metrics, topk
     from onnxcompress.evaluate.runner import make_session, run_dataset
     from onnxcompress.pipeline import benchmark
+    from onnxcompress.quant.audit import audit
     from onnxcompress.quant.search import quantize_model
 
     print("\n5. our defaults vs ORT's defaults (quantize_static, QDQ, per-tensor, int8 activations) on the bundled\n"
@@ -247,8 +249,10 @@ def section_other_models() -> None:
                 rows[label] = m
                 t = lat[label]["cpu/t1/b1"]
                 top1 = f"top-1 {topk(out, val.labels):6.2f}  " if val.labels is not None else ""
+                a = audit(onnx.load(str(p)))
                 print(f"     {label:16s} {top1}agreement {m['agreement']:6.2f}%  cosine {m['cosine']:.6f}  "
-                      f"SQNR {m['sqnr_db']:5.1f} dB  {t['speedup']:.2f}x FP32 speed")
+                      f"SQNR {m['sqnr_db']:5.1f} dB  {t['speedup']:.2f}x FP32 speed  int8 MACs "
+                      f"{100 * a['int8_mac_share']:5.1f}% ({len(a['float_islands'])} float islands)")
             o, r = rows["ours (defaults)"], rows["ort defaults"]
             verdict = "beat" if o["agreement"] >= r["agreement"] and o["cosine"] > r["cosine"] else "do NOT beat"
             print(f"     our defaults {verdict} ORT's: agreement {o['agreement']:.2f} vs {r['agreement']:.2f}, "
