@@ -177,6 +177,32 @@ class BatchNorm(Handler):
                 ctx.index.set_const(name, ctx.index.const(name)[k])
 
 
+@register("InstanceNormalization")
+class InstanceNorm(Handler):
+    """Per-channel statistics over the spatial axes, per-channel scale and shift: channels stay
+    independent. A dead channel (all zeros) comes out as its shift B exactly; a dead channel holding a
+    non-zero constant is kept (x - mean is then only approximately 0)."""
+    follows = 1
+
+    def propagate(self, node, ctx):
+        x = ctx.tensors.get(node.input[0])
+        if x is None:
+            return
+        params = [ctx.index.const(i) for i in node.input[1:3]]
+        if norm_axis(x.axis, ctx.index.rank(node.input[0])) != 1 or any(p is None or p.shape != x.ids.shape for p in params) \
+                or any(ctx.index.uses(i) > 1 for i in node.input[1:3]):
+            ctx.block(x.ids, describe(node), "InstanceNormalization with non-constant, shared or non-per-channel parameters")
+            return
+        shift = params[1].astype(np.float64)
+        ctx.tensors[node.output[0]] = Channels(1, x.ids, np.where(x.const == 0, shift, np.nan))
+
+    def apply(self, node, ctx, kept):
+        k = kept(node.input[0])
+        if k is not None:
+            for name in node.input[1:3]:
+                ctx.index.set_const(name, ctx.index.const(name)[k])
+
+
 def _from_end(ch: Channels, rank: Optional[int]) -> Optional[int]:
     """The channel axis counted from the end (negative): what broadcasting keeps. None: unknown rank."""
     if ch.axis < 0:
@@ -190,7 +216,12 @@ def _const_axis(c: np.ndarray, from_end: int) -> Optional[int]:
     return ca if ca >= 0 else None
 
 
-_BIN = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+def _prelu(x, slope):
+    return np.where(x >= 0, x, slope * x)
+
+
+# PRelu's slope broadcasts to X like a Mul operand: a per-channel slope is sliced with the channel
+_BIN = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "PRelu": _prelu}
 
 
 @register(*_BIN)

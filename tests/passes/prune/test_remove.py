@@ -250,3 +250,40 @@ def test_constant_through_padded_conv_is_skipped_not_approximated(tmp_path):
     assert weight_shapes(out)[0] == (8, 3, 3, 3)
     assert any("cannot be folded exactly" in s.reason for s in rec.skipped)
     assert_same_outputs(m, out, (2, 3, 5, 5))
+
+
+class PReluInstanceNorm(nn.Module):
+    """Conv -> BN -> PReLU (per-channel slope) -> 1x1 Conv -> InstanceNorm (affine) -> ReLU -> 1x1 Conv."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.bn, self.act = nn.Conv2d(3, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.PReLU(12)
+        self.c2, self.norm = nn.Conv2d(12, 10, 1), nn.InstanceNorm2d(10, affine=True)
+        self.c3 = nn.Conv2d(10, 4, 1)
+
+    def forward(self, x):
+        return self.c3(torch.relu(self.norm(self.c2(self.act(self.bn(self.c1(x))))))).mean((2, 3))
+
+
+def test_prelu_slope_and_instance_norm_parameters_are_sliced(tmp_path):
+    net = PReluInstanceNorm()
+    randomize_bn(net)
+    kill(net.c1, net.bn, [0, 5], beta=-0.8)  # constant -0.8 -> PReLU(slope) -> folded into c2's bias
+    with torch.no_grad():
+        net.act.weight.copy_(torch.linspace(0.1, 0.4, 12))
+        net.norm.weight.copy_(torch.linspace(0.5, 1.5, 10))
+        net.norm.bias.copy_(torch.linspace(-0.5, 0.5, 10))
+        net.c2.weight[[2, 7]] = 0  # dead, zero bias: InstanceNorm outputs its shift B -> ReLU -> folded into c3
+        net.c2.bias[[2, 7]] = 0
+    m = export(net, (1, 3, 6, 6), tmp_path)
+    assert {"PRelu", "InstanceNormalization"} <= {n.op_type for n in m.graph.node}
+    out, rec = remove_zeroed_channels(m)
+    assert weight_shapes(out) == [(10, 3, 3, 3), (8, 10, 1, 1), (4, 8, 1, 1)]
+    inits = {i.name: tuple(i.dims) for i in out.graph.initializer}
+    prelu = next(n for n in out.graph.node if n.op_type == "PRelu")
+    inorm = next(n for n in out.graph.node if n.op_type == "InstanceNormalization")
+    assert inits[prelu.input[1]] == (10, 1, 1) and inits[inorm.input[1]] == inits[inorm.input[2]] == (8,)
+    assert sum("bias folded" in c for c in rec.changed) >= 2
+    assert_same_outputs(m, out, (2, 3, 6, 6))
+    assert_same_outputs(m, out, (5, 3, 6, 6), seed=1)
