@@ -150,57 +150,55 @@ class Shaped(Handler):
         ctx.tensors[node.output[0]] = Channels(1, x.ids, const)
 
 
-@register("BatchNormalization")
-class BatchNorm(Handler):
+class _PerChannelParams(Handler):
+    """An op on NCHW channels with `n_params` per-channel constant inputs after X, sliced with the channel."""
     follows = 1
+    n_params = 0
+
+    def params(self, node, ctx, x: Channels) -> Optional[list[np.ndarray]]:
+        names = node.input[1:1 + self.n_params]
+        values = [ctx.index.const(i) for i in names]
+        if norm_axis(x.axis, ctx.index.rank(node.input[0])) != 1 or any(v is None or v.shape != x.ids.shape for v in values) \
+                or any(ctx.index.uses(i) > 1 for i in names):
+            ctx.block(x.ids, describe(node), f"{node.op_type} with non-constant, shared or non-per-channel parameters")
+            return None
+        return [v.astype(np.float64) for v in values]
+
+    def apply(self, node, ctx, kept):
+        k = kept(node.input[0])
+        if k is not None:
+            for name in node.input[1:1 + self.n_params]:
+                ctx.index.set_const(name, ctx.index.const(name)[k])
+
+
+@register("BatchNormalization")
+class BatchNorm(_PerChannelParams):
+    n_params = 4
 
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
-        if x is None:
-            return
-        params = [ctx.index.const(i) for i in node.input[1:5]]
-        if x.axis != 1 or any(p is None or p.shape != x.ids.shape for p in params) \
-                or any(ctx.index.uses(i) > 1 for i in node.input[1:5]):
-            ctx.block(x.ids, describe(node), "BatchNormalization with non-constant, shared or non-per-channel parameters")
+        if x is None or (params := self.params(node, ctx, x)) is None:
             return
         if attr(node, "training_mode", 0):
             ctx.block(x.ids, describe(node), "BatchNormalization in training mode (batch statistics)")
             return
-        gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+        gamma, beta, mean, var = params
         scale = gamma / np.sqrt(var + attr(node, "epsilon", 1e-5))
         ctx.tensors[node.output[0]] = Channels(1, x.ids, (x.const - mean) * scale + beta)
 
-    def apply(self, node, ctx, kept):
-        k = kept(node.input[0])
-        if k is not None:
-            for name in node.input[1:5]:
-                ctx.index.set_const(name, ctx.index.const(name)[k])
-
 
 @register("InstanceNormalization")
-class InstanceNorm(Handler):
+class InstanceNorm(_PerChannelParams):
     """Per-channel statistics over the spatial axes, per-channel scale and shift: channels stay
     independent. A dead channel (all zeros) comes out as its shift B exactly; a dead channel holding a
     non-zero constant is kept (x - mean is then only approximately 0)."""
-    follows = 1
+    n_params = 2
 
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
-        if x is None:
+        if x is None or (params := self.params(node, ctx, x)) is None:
             return
-        params = [ctx.index.const(i) for i in node.input[1:3]]
-        if norm_axis(x.axis, ctx.index.rank(node.input[0])) != 1 or any(p is None or p.shape != x.ids.shape for p in params) \
-                or any(ctx.index.uses(i) > 1 for i in node.input[1:3]):
-            ctx.block(x.ids, describe(node), "InstanceNormalization with non-constant, shared or non-per-channel parameters")
-            return
-        shift = params[1].astype(np.float64)
-        ctx.tensors[node.output[0]] = Channels(1, x.ids, np.where(x.const == 0, shift, np.nan))
-
-    def apply(self, node, ctx, kept):
-        k = kept(node.input[0])
-        if k is not None:
-            for name in node.input[1:3]:
-                ctx.index.set_const(name, ctx.index.const(name)[k])
+        ctx.tensors[node.output[0]] = Channels(1, x.ids, np.where(x.const == 0, params[1], np.nan))
 
 
 def _from_end(ch: Channels, rank: Optional[int]) -> Optional[int]:
