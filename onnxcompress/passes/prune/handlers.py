@@ -6,8 +6,8 @@ parameters once the groups to remove are known; `fold(...)` (consumers only) add
 removed input channel into the consumer's bias.
 
 The handlers live in themed modules that register into `HANDLERS` with `@register(op, ...)` when
-imported: `layers` (Conv, ConvTranspose, Gemm, MatMul), `channelwise` (activations, pools,
-BatchNormalization, elementwise binary ops) and `structure` (Concat, Split, Slice, Flatten/Reshape,
+imported: `layers` (Conv, ConvTranspose, Gemm, MatMul), `channelwise` (activations, PRelu, pools,
+BatchNormalization, InstanceNormalization, elementwise binary ops) and `structure` (Concat, Split, Slice, Flatten/Reshape,
 reductions, axis moves, normalizations, Shape). The package `__init__` imports them (via `remove`), so the
 registry is complete whenever anything in `onnxcompress.passes.prune` is imported.
 """
