@@ -86,7 +86,7 @@ class Unary(Handler):
         elif node.op_type == "Clip":
             const = _clip(x.const, node)
         elif node.op_type == "Dropout" and len(node.input) > 2 and node.input[2] and \
-                (ctx.index.const(node.input[2]) is None or ctx.index.const(node.input[2]).any()):
+                ((mode := ctx.index.const(node.input[2])) is None or mode.any()):
             ctx.block(x.ids, describe(node), "Dropout in training mode (or with a non-constant mode)")
             return
         else:
@@ -100,7 +100,6 @@ class Unary(Handler):
 class Shaped(Handler):
     """Pools, Resize, Pad: channel axis 1 passes through; constants survive unless padding changes them."""
     follows = 1
-
 
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])

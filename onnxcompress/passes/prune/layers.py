@@ -228,7 +228,6 @@ class MatMul(Handler):
     """x @ W with constant 2-D W: MLP layers and transformer feed-forward blocks (hidden = last axis)."""
     follows = 1
 
-
     def _bias_add(self, node, ctx) -> Optional[onnx.NodeProto]:
         cons = ctx.index.consumers.get(node.output[0], [])
         if len(cons) == 1 and cons[0].op_type == "Add":

@@ -141,7 +141,6 @@ class Slice(Handler):
     selects the surviving channels; when they are no longer one strided range the removal is refused."""
     follows = 1
 
-
     def params(self, node: onnx.NodeProto, ctx: ChannelContext) -> tuple[Optional[SliceParams], str]:
         """(parameters, "") or (None, reason). Axes may be known while starts/ends are not: then the
         returned starts/ends are empty and the caller decides whether the channel axis is touched."""
@@ -249,7 +248,6 @@ class Flatten(Handler):
     """[N, C, H, W] -> [N, C*H*W]: one channel becomes a block of H*W features (channel-major).
     Also Reshape that keeps the last (channel) axis, e.g. [N*S, C] <-> [N, S, C] around a Gemm."""
     follows = 1
-
 
     def _last_dim_source(self, node, ctx) -> Optional[tuple[str, np.ndarray]]:
         """(constant holding the target shape's last element, its value) for a Reshape."""
@@ -370,7 +368,6 @@ class Reshaping(Handler):
     """Squeeze / Unsqueeze / Transpose: the channel axis moves, the channels stay."""
     follows = 1
 
-
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
         if x is None:
@@ -415,7 +412,6 @@ class AxisOp(Handler):
     """Softmax / LayerNormalization: fine along other axes, coupling along the channel axis."""
     follows = 1
 
-
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
         if x is None:
@@ -442,7 +438,6 @@ class ShapeOf(Handler):
     """Shape(x): the channel count is in the shape vector, so removal changes its value. Allowed only when
     every consumer reads other entries (e.g. the batch size: Gather 0, Slice 0:1); Size is never allowed."""
     follows = 1
-
 
     def _reads_only_other(self, node: onnx.NodeProto, ctx: ChannelContext, shape: str, n: int, pos: int) -> bool:
         """Whether `node` reads the shape vector `shape` (n entries) only at entries other than `pos`."""
