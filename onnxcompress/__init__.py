@@ -14,7 +14,9 @@ from .config import (  # noqa: E402
     load_config,
     save_config,
 )
-from .errors import AccuracyRegression, ConfigError, ExportError, InputError, OnnxCompressError, PassError  # noqa: E402
+from .errors import (  # noqa: E402
+    AccuracyRegression, ConfigError, ExportError, InputError, InternalError, OnnxCompressError, PassError,
+)
 from .io import load_model, save_model  # noqa: E402
 
 
@@ -39,7 +41,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "AccuracyRegression", "BenchConfig", "ConfigError", "ExportConfig", "ExportError", "InputError",
+    "AccuracyRegression", "BenchConfig", "InternalError", "ConfigError", "ExportConfig", "ExportError", "InputError",
     "OnnxCompressError", "PassError", "PipelineConfig", "PruneConfig", "QuantConfig", "SimplifyConfig",
     "ValidateConfig", "convert", "export", "load_config", "load_data", "load_model", "prune", "quantize", "quantize_model", "save_config",
     "save_model", "simplify", "validate", "__version__",

@@ -1,4 +1,5 @@
-"""Error hierarchy. The CLI maps these to exit codes: input/config problems -> 2, failed gates -> 1."""
+"""Error hierarchy. The CLI maps these to exit codes: input/config problems -> 2, failed gates -> 1,
+our own bug (a pass wrote a model that fails the back door, or an unexpected exception) -> 3."""
 from __future__ import annotations
 
 
@@ -21,7 +22,9 @@ class ExportError(OnnxCompressError):
 
 
 class PassError(OnnxCompressError):
-    """A graph pass failed; the message names the pass and the passes that ran before it."""
+    """A graph pass failed; the message names the pass and the passes that ran before it. Our bug: exit 3."""
+
+    exit_code = 3
 
 
 class MissingDependency(OnnxCompressError):
@@ -32,3 +35,11 @@ class AccuracyRegression(OnnxCompressError):
     """A validation gate failed. Exit code 1: the tool worked, the model did not pass."""
 
     exit_code = 1
+
+
+class InternalError(OnnxCompressError):
+    """Our bug, not the user's: a pass produced a model that fails the back door (checker, ORT load,
+    one inference), or code raised something we did not expect. The message names the pass and, where
+    known, the first offending node. Nothing is written."""
+
+    exit_code = 3

@@ -37,6 +37,7 @@ def big(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow  # ~4 min: a >2 GB model through every stage
 def test_big_model_through_every_stage(big):
     r = CliRunner()
     src, data = big / "big.onnx", big / "data.npz"

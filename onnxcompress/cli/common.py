@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import functools
 import sys
+import tempfile
+import traceback
+
 import click
 
-from ..errors import OnnxCompressError
+from ..errors import InternalError, OnnxCompressError
 from ..report import to_json
 
 
@@ -22,11 +25,26 @@ def handle_errors(fn):
         except MemoryError:
             click.echo("error: out of memory; use smaller --batch-size or fewer calibration samples", err=True)
             sys.exit(2)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors: click prints them (exit 2)
         except KeyboardInterrupt:
             click.echo("error: interrupted; no output was written", err=True)
             sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - our bug: one line, the traceback kept in a file for the report
+            where = _save_traceback()
+            click.echo(f"error: internal error in '{fn.__name__.removesuffix('_cmd')}': {type(exc).__name__}: "
+                       f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''} "
+                       f"(a bug in onnxcompress, not in your input; traceback in {where})", err=True)
+            sys.exit(InternalError.exit_code)
 
     return wrapper
+
+
+def _save_traceback() -> str:
+    fd, path = tempfile.mkstemp(prefix="onnxcompress-traceback-", suffix=".txt")
+    with open(fd, "w") as f:
+        f.write(traceback.format_exc())
+    return path
 
 
 def emit(as_json: bool, payload: dict, text: str) -> None:
