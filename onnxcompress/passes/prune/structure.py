@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from .graph import ChannelContext, Channels
-from .handlers import Handler, add_initializer, attr, describe, is_last, norm_axis, register, set_attr, set_input_const
+from .handlers import Handler, attr, describe, is_last, norm_axis, register, set_attr, set_input_const
 
 
 @register("Concat")
@@ -48,17 +48,28 @@ class Concat(Handler):
 
 @register("Split")
 class Split(Handler):
+    """Split on the channel axis cuts the id list. Sizes come from the `split` input (opset >= 13), the
+    `split` attribute (opset < 13), or are equal parts (`num_outputs` at opset 18: ceil-sized parts, the
+    last one smaller). After removal the node gets its new sizes written explicitly, in the form its
+    opset allows (an equal split whose parts lose different channels is no longer equal; explicit sizes
+    are exact at every opset, so no removal needs to be refused to keep the parts equal)."""
     follows = 1
 
-    def _sizes(self, node, ctx, n: int) -> Optional[list[int]]:
+    def _sizes(self, node, ctx, n: int) -> tuple[Optional[list[int]], str]:
         if len(node.input) > 1 and node.input[1]:
             s = ctx.index.const(node.input[1])
-            return None if s is None else [int(v) for v in s]
+            return (None, "Split sizes are not constants") if s is None else ([int(v) for v in s.reshape(-1)], "")
         s = attr(node, "split")
         if s is not None:
-            return list(s)
-        k = len(node.output)
-        return [n // k] * k if n % k == 0 else None
+            return list(s), ""
+        k = attr(node, "num_outputs", len(node.output))
+        if n % k == 0:
+            return [n // k] * k, ""
+        if attr(node, "num_outputs") is None:
+            return None, f"equal Split of {n} channels into {k} parts is not exact"
+        chunk = -(-n // k)  # opset 18: parts of ceil(n / k), the last one holds the rest
+        sizes = [chunk] * (k - 1) + [n - chunk * (k - 1)]
+        return (sizes, "") if sizes[-1] > 0 else (None, f"Split of {n} channels into {k} parts leaves one empty")
 
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
@@ -68,9 +79,9 @@ class Split(Handler):
         if norm_axis(attr(node, "axis", 0), rank) != norm_axis(x.axis, rank) or rank is None:
             ctx.block(x.ids, describe(node), "Split along a non-channel axis")
             return
-        sizes = self._sizes(node, ctx, len(x.ids))
-        if sizes is None or sum(sizes) != len(x.ids):
-            ctx.block(x.ids, describe(node), "Split sizes are not constant")
+        sizes, why = self._sizes(node, ctx, len(x.ids))
+        if sizes is None or sum(sizes) != len(x.ids) or len(sizes) != len(node.output):
+            ctx.block(x.ids, describe(node), why or "Split sizes do not match the channels")
             return
         start = 0
         for out, n in zip(node.output, sizes):
@@ -80,19 +91,15 @@ class Split(Handler):
     def apply(self, node, ctx, kept):
         if kept(node.input[0]) is None:
             return
-        sizes = [int(kept(o).sum()) if kept(o) is not None else len(ctx.tensors[o].ids) for o in node.output]
-        if len(node.input) > 1 and node.input[1]:
-            ctx.index.set_const(node.input[1], np.array(sizes, dtype=np.int64))
-        elif attr(node, "split") is not None:
-            set_attr(node, "split", sizes)
-        else:  # equal split no longer equal: give explicit sizes
-            name = add_initializer(ctx, f"{node.output[0]}__split_sizes", np.array(sizes, dtype=np.int64))
-            while len(node.input) < 2:
-                node.input.append("")
-            node.input[1] = name
-            for a in list(node.attribute):
-                if a.name == "num_outputs":
-                    node.attribute.remove(a)
+        sizes = np.array([int(kept(o).sum()) if kept(o) is not None else len(ctx.tensors[o].ids)
+                          for o in node.output], dtype=np.int64)
+        for a in list(node.attribute):
+            if a.name == "num_outputs":  # exactly one of num_outputs and split
+                node.attribute.remove(a)
+        if (ctx.index.opset or 13) < 13:
+            set_attr(node, "split", sizes.tolist())
+        else:  # the sizes input, made the node's own when the constant is shared (equal C2f blocks share one)
+            set_input_const(node, ctx, 1, sizes, "split")
 
 
 @dataclass
