@@ -31,6 +31,9 @@ def __getattr__(name: str):
         "validate": ("evaluate.validate", "validate"),
         "export": ("export", "export"),
         "load_data": ("data", "load_data"),
+        "canonicalize": ("frontdoor", "canonicalize"),
+        "verify": ("backdoor", "verify"),
+        "save_verified": ("backdoor", "save_verified"),
     }
     if name in lazy:
         import importlib
@@ -44,5 +47,5 @@ __all__ = [
     "AccuracyRegression", "BenchConfig", "InternalError", "ConfigError", "ExportConfig", "ExportError", "InputError",
     "OnnxCompressError", "PassError", "PipelineConfig", "PruneConfig", "QuantConfig", "SimplifyConfig",
     "ValidateConfig", "convert", "export", "load_config", "load_data", "load_model", "prune", "quantize", "quantize_model", "save_config",
-    "save_model", "simplify", "validate", "__version__",
+    "save_model", "simplify", "validate", "canonicalize", "verify", "save_verified", "__version__",
 ]

@@ -65,8 +65,23 @@ def check_output_path(out: str | Path, *inputs: str | Path) -> Path:
     return out
 
 
-def load_model(path: str | Path, *, check: bool = True, load_external: bool = True) -> onnx.ModelProto:
-    """Load an ONNX model, turning every kind of bad file into a one-line InputError."""
+def load_model(path: str | Path, *, check: bool = True, load_external: bool = True,
+               canonical: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model, turning every kind of bad file into a one-line InputError, then pass it through
+    the front door (frontdoor.canonicalize: Constant weights -> initializers, float64 -> float32, opset
+    upgrade, NaN/inf policy). canonical=False returns the file's graph as it is (still checked)."""
+    model = load_raw(path, check=check, load_external=load_external)
+    if canonical:
+        from .frontdoor import canonicalize
+
+        model, _ = canonicalize(model, where=str(path), check_weights=check, inplace=True)
+    elif check:
+        check_finite_weights(model, path)
+    return model
+
+
+def load_raw(path: str | Path, *, check: bool = True, load_external: bool = True) -> onnx.ModelProto:
+    """The file's model, parsed and (check=True) passed through onnx.checker; no front door."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"model file {p} not found; check the path")
@@ -99,29 +114,15 @@ def load_model(path: str | Path, *, check: bool = True, load_external: bool = Tr
                 onnx.checker.check_model(model)
         except (onnx.checker.ValidationError, ValueError) as exc:
             raise InputError(f"{p} fails onnx.checker ({_first_line(exc)}); fix or re-export the model") from None
-        check_finite_weights(model, p)
     return model
 
 
 def check_finite_weights(model: onnx.ModelProto, where: str | Path = "model") -> None:
-    """NaN/Inf in a weight poisons every later stage (quantization asserts deep inside ORT): refuse early."""
-    import numpy as np
-    from onnx import numpy_helper
+    """NaN in a weight is refused; +-inf only where it would make a quantization scale non-finite
+    (frontdoor.check_finite_weights has the policy)."""
+    from .frontdoor import check_finite_weights as check_weights
 
-    for init in model.graph.initializer:
-        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
-            try:
-                if init.data_type == onnx.TensorProto.FLOAT and init.raw_data:  # zero-copy view, in chunks
-                    if len(init.raw_data) != 4 * int(np.prod(init.dims)):
-                        raise ValueError(f"{len(init.raw_data)} bytes for shape {list(init.dims)}")
-                    arr = np.frombuffer(init.raw_data, dtype="<f4")
-                else:
-                    arr = numpy_helper.to_array(init).astype(np.float32, copy=False).ravel()
-            except (ValueError, TypeError) as exc:
-                raise InputError(f"{where}: weight '{init.name}' is corrupt ({exc}); re-export the model") from None
-            step = 1 << 24
-            if not all(np.isfinite(arr[i:i + step]).all() for i in range(0, arr.size, step)):
-                raise InputError(f"{where}: weight '{init.name}' holds NaN/Inf values; fix or re-export the model")
+    check_weights(model, str(where))
 
 
 def is_big(model: onnx.ModelProto) -> bool:

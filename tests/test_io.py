@@ -73,3 +73,20 @@ def test_output_equal_to_input_is_refused(tmp_path, tiny_model_path):
         check_output_path(tiny_model_path, tiny_model_path)
     with pytest.raises(InputError, match="does not exist"):
         check_output_path(tmp_path / "no" / "out.onnx", tiny_model_path)
+
+
+def test_load_model_goes_through_the_front_door_unless_asked_not_to(tmp_path):
+    from onnx import helper
+
+    m = tiny_cnn()
+    const = helper.make_node("Constant", [], ["w2"], name="w2_const", value=m.graph.initializer[2])
+    del m.graph.initializer[2]
+    m.graph.node.insert(0, const)
+    p = tmp_path / "const.onnx"
+    p.write_bytes(m.SerializeToString())
+    canon, raw = load_model(p), load_model(p, canonical=False)
+    assert "w2" in {i.name for i in canon.graph.initializer} and canon.graph.node[0].op_type == "Conv"
+    assert raw.graph.node[0].op_type == "Constant"
+    x = np.ones((1, 1, 8, 8), np.float32)
+    np.testing.assert_array_equal(run_ort(canon, {"input": x})[0], run_ort(raw, {"input": x})[0])
+    assert p.read_bytes() == m.SerializeToString()  # the file is never touched
