@@ -49,6 +49,9 @@ class StreamDataset:
     def __len__(self) -> int:
         return len(self.order)
 
+    def __str__(self) -> str:
+        return self._source.description
+
     @property
     def names(self) -> list[str]:
         return list(self._source.names) + list(self.consts)
