@@ -55,9 +55,9 @@ def test_mismatches_are_named(tmp_path, arrays, needle):
 def test_missing_and_wrong_type(tmp_path):
     with pytest.raises(InputError, match="not found"):
         load_data(tmp_path / "none.npz", specs())
-    (tmp_path / "d.txt").write_text("x")
+    (tmp_path / "d.xyz").write_text("x")
     with pytest.raises(InputError, match="unsupported type"):
-        load_data(tmp_path / "d.txt", specs())
+        load_data(tmp_path / "d.xyz", specs())
     (tmp_path / "d.npz").write_text("not a zip")
     with pytest.raises(InputError, match="cannot read"):
         load_data(tmp_path / "d.npz", specs())

@@ -59,3 +59,21 @@ def csv_ints(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise click.BadParameter(f"'{text}' is not a comma-separated list of integers, e.g. 1,8") from None
+
+
+def input_layout_option(fn):
+    """--input-layout on every command that takes data: batch axes and const inputs the shapes do not settle."""
+    return click.option(
+        "--input-layout", "input_layout", multiple=True, metavar="NAME:AXIS|NAME:const[=V],...",
+        help="Input layouts the model's shapes do not settle: the batch axis of an input (state:1 for an LSTM "
+             "state [2, N, 128]), or const (fed unchanged in every batch, e.g. sr:const=16000); comma-separated "
+             "or repeated.")(fn)
+
+
+def layout_items(values) -> tuple[str, ...]:
+    """--input-layout values -> DataConfig.input_layout items (syntax checked: ConfigError, exit 2)."""
+    from ..data import parse_input_layout
+
+    items = tuple(x.strip() for v in values or () for x in str(v).split(",") if x.strip())
+    parse_input_layout(items)
+    return items

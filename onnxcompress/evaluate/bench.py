@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..config import BenchConfig
-from ..data import Dataset, input_specs, random_data
+from ..data import Dataset, example_feed, model_layout, random_data
 from ..io import load_model, model_size
 from .runner import make_session, resolve_provider
 
@@ -69,18 +69,18 @@ def time_sessions(sessions: dict[Hashable, ort.InferenceSession], feeds: dict[Ha
     return timings
 
 
-def bench_feed(model_path: str | Path, data: Optional[Dataset], batch: int) -> dict[str, np.ndarray]:
-    """One batch of `batch` samples from data (repeated when data has fewer), random when data is None."""
-    specs = input_specs(load_model(model_path, check=False))
-    src = data if data is not None else random_data(specs, batch)
-    b = next(src.batches(batch))
-    if len(next(iter(b.values()))) < batch:
-        b = {k: np.resize(v, (batch,) + v.shape[1:]) for k, v in b.items()}
-    return b
+def bench_feed(model_path: str | Path, data: Optional[Dataset], batch: int,
+               input_layout: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """One run of `batch` samples from data (repeated when data has fewer), random when data is None,
+    in the model's input layout (data.feeds)."""
+    layout = model_layout(load_model(model_path, check=False), input_layout)
+    src = data if data is not None else random_data(layout, batch)
+    return example_feed(src, batch, layout)
 
 
 def bench_models(paths: dict[str, Path], data: Optional[Dataset], config: BenchConfig = BenchConfig(),
-                 memory: bool = False, progress: Progress = None) -> dict[str, Any]:
+                 memory: bool = False, progress: Progress = None,
+                 input_layout: Optional[tuple[str, ...]] = None) -> dict[str, Any]:
     """Time every model on every provider at each thread count and batch size, all models and providers of
     one (threads, batch) setting interleaved. Ratios: `speedup` against the first model on the same
     provider, `speedup_vs_<provider>` against the first provider for the same model (> 1 = faster)."""
@@ -88,7 +88,9 @@ def bench_models(paths: dict[str, Path], data: Optional[Dataset], config: BenchC
     providers = list(dict.fromkeys(p.strip().lower() for p in config.providers))
     for p in providers:
         resolve_provider(p)  # a missing EP fails before any work, naming the package to install
-    fixed = {n: _fixed_batch(p) for n, p in paths.items()}
+    if input_layout is None:  # the --input-layout the data was checked with
+        input_layout = data.layout.explicit if getattr(data, "layout", None) is not None else ()
+    fixed = {n: _fixed_batch(p, input_layout) for n, p in paths.items()}
     first_model, first_prov = next(iter(paths)), providers[0]
     sizes = {n: model_size(p) for n, p in paths.items()}
     result: dict[str, Any] = {
@@ -111,7 +113,7 @@ def bench_models(paths: dict[str, Path], data: Optional[Dataset], config: BenchC
                     result["results"][n][f"{prov}/t{threads}/b{batch}"] = {
                         "skipped": f"the model has a fixed batch of {fixed[n]}; re-export with a dynamic batch axis"}
                 continue
-            feed = bench_feed(p, data, batch)
+            feed = bench_feed(p, data, batch, input_layout)
             for prov in providers:
                 sessions[(n, prov)] = make_session(p, prov, threads=threads, spinning=False)
                 feeds[(n, prov)] = feed
@@ -135,7 +137,7 @@ def bench_models(paths: dict[str, Path], data: Optional[Dataset], config: BenchC
 
         for n, p in paths.items():
             batch = fixed[n] or config.batch_sizes[0]
-            feed = bench_feed(p, data, batch)
+            feed = bench_feed(p, data, batch, input_layout)
             mem = result["models"][n]["memory"] = {}
             for prov in providers:
                 mem[prov] = peak_memory_mb(p, feed, prov, threads=config.threads[0])
@@ -146,10 +148,8 @@ def bench_models(paths: dict[str, Path], data: Optional[Dataset], config: BenchC
     return result
 
 
-def _fixed_batch(path: Path) -> Optional[int]:
-    specs = input_specs(load_model(path))
-    d = specs[0].shape[0] if specs and specs[0].shape else None
-    return d if isinstance(d, int) and d > 0 else None
+def _fixed_batch(path: Path, input_layout: tuple[str, ...] = ()) -> Optional[int]:
+    return model_layout(load_model(path, check=False), input_layout).batch
 
 
 def _ratio(base: Timing, t: Timing) -> float:

@@ -11,9 +11,9 @@ from typing import Any, Optional
 import numpy as np
 import onnx
 
-from ..data import Dataset
+from ..data import Dataset, feeds
 from .compare import sqnr
-from .runner import make_session, with_outputs
+from .runner import make_session, run_feed, with_outputs
 
 
 def shared_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> dict[str, tuple[str, str]]:
@@ -45,8 +45,8 @@ def layer_sqnr(ref: onnx.ModelProto, cand: onnx.ModelProto, data: Dataset, sampl
     cs = make_session(with_outputs(cand, cnames), provider, optimize=True)
     noise = np.zeros(len(rnames))
     signal = np.zeros(len(rnames))
-    for batch in data.batches(batch_size, samples):
-        for i, (r, c) in enumerate(zip(rs.run(rnames, batch), cs.run(cnames, batch))):
+    for feed in feeds(data, batch_size, samples, ref):
+        for i, (r, c) in enumerate(zip(run_feed(rs, rnames, feed), run_feed(cs, cnames, feed))):
             r64, c64 = r.astype(np.float64), c.astype(np.float64)
             noise[i] += float(np.sum((r64 - c64) ** 2))
             signal[i] += float(np.sum(r64 ** 2))

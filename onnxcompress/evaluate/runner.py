@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..data import Dataset
+from ..data import Dataset, Feed, InputSpec, Layout, feeds, layout_of, resolve_layout, trim
 from ..errors import InputError, MissingDependency
 
 PROVIDERS = {
@@ -69,11 +69,13 @@ def _provider_entry(full: str, threads: Optional[int]):
 
 def make_session(model: ModelLike, provider: str = "cpu", threads: Optional[int] = None,
                  optimize: bool = True, optimized_path: Optional[str] = None,
-                 spinning: bool = True) -> ort.InferenceSession:
+                 spinning: bool = True, quiet: bool = False) -> ort.InferenceSession:
     """spinning=False: idle intra-op threads sleep at once instead of spinning, so sessions timed in
-    turn (interleaved benchmarks) do not steal each other's cores."""
+    turn (interleaved benchmarks) do not steal each other's cores. quiet=True: ORT logs nothing, not even
+    its error lines (probing runs whose failure the caller handles: a failed run would print one
+    `[E:onnxruntime ... ExecuteKernel]` line each)."""
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4 if quiet else 3
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
@@ -99,30 +101,67 @@ def static_batch(session: ort.InferenceSession) -> Optional[int]:
     return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
 
 
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+              "tensor(bool)": "bool"}
+
+
+def session_layout(session: ort.InferenceSession) -> Layout:
+    """The input layout a session's shapes settle (for data built without a model)."""
+    return resolve_layout([InputSpec(i.name, tuple(i.shape or ()), np.dtype(_ORT_TYPES.get(i.type, "float32")))
+                           for i in session.get_inputs()])
+
+
+def _run(session: ort.InferenceSession, names: list[str], feed: Feed, source: str) -> list[np.ndarray]:
+    try:
+        return session.run(names, feed)
+    except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
+        msg = str(exc).strip().splitlines()[0][:300]
+        raise InputError(f"running the model on {source} failed: {msg}; check the data shapes and --input-layout") from None
+
+
+def run_feed(session: ort.InferenceSession, names: list[str], feed: Feed, source: str = "the data") -> list[np.ndarray]:
+    """Read tensors `names` (intermediate ones too) on one run of data.feeds, without the padding rows of a
+    fixed-batch run (an intermediate tensor's first axis is taken as its batch axis)."""
+    return [trim(feed, o) for o in _run(session, names, feed, source)]
+
+
+def _iter(session: ort.InferenceSession, data: Dataset, batch_size: int, limit: Optional[int]):
+    layout = layout_of(data) or session_layout(session)
+    outputs = session.get_outputs()
+    names = [o.name for o in outputs]
+    declared = {o.name: layout.output_axis(o.shape) for o in outputs}
+    for feed in feeds(data, batch_size, limit, layout):
+        outs = {}
+        for name, value in zip(names, _run(session, names, feed, getattr(data, "source", "the data"))):
+            outs[name] = feed.output(value, declared[name])
+            declared[name] = declared[name] if outs[name][1] is None else outs[name][1]
+        yield feed, outs
+
+
 def run_dataset(session: ort.InferenceSession, data: Dataset, batch_size: int = 64,
                 limit: Optional[int] = None) -> dict[str, np.ndarray]:
-    """Run every batch; outputs are concatenated along the first axis."""
+    """Run every batch; each output is concatenated along its own batch axis (an LSTM state [2, N, H] along
+    axis 1), an output without a batch axis is stacked per run."""
     parts: dict[str, list[np.ndarray]] = {}
-    for outs in iter_outputs(session, data, batch_size, limit):
-        for k, v in outs.items():
+    axes: dict[str, Optional[int]] = {}
+    for _feed, outs in _iter(session, data, batch_size, limit):
+        for k, (v, axis) in outs.items():
             parts.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) if v[0].ndim else v[0] for k, v in parts.items()}
+            axes[k] = axis if axes.get(k) is None else axes[k]
+    result = {}
+    for k, v in parts.items():
+        if axes[k] is None:
+            result[k] = v[0] if len(v) == 1 else np.stack(v)
+        else:
+            result[k] = np.moveaxis(np.concatenate(v), 0, axes[k]) if axes[k] else np.concatenate(v)
+    return result
 
 
 def iter_outputs(session: ort.InferenceSession, data: Dataset, batch_size: int = 64,
                  limit: Optional[int] = None):
-    """Yield the outputs of each batch (batches may differ in shape, e.g. sequence length)."""
-    fixed = static_batch(session)
-    bs = fixed or batch_size
-    names = [o.name for o in session.get_outputs()]
-    for batch in data.batches(bs, limit):
-        n = len(next(iter(batch.values())))
-        if fixed and n != fixed:
-            if n < fixed:  # pad the last batch of a fixed-batch model, then drop the padding
-                batch = {k: np.concatenate([v, np.repeat(v[-1:], fixed - n, 0)]) for k, v in batch.items()}
-        try:
-            outs = session.run(names, batch)
-        except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
-            msg = str(exc).strip().splitlines()[0][:300]
-            raise InputError(f"running the model on {data.source} failed: {msg}; check the data shapes") from None
-        yield {name: (out[:n] if out.ndim else out) for name, out in zip(names, outs)}
+    """Yield the outputs of each model run (runs may differ in shape, e.g. sequence length), samples on the
+    first axis: an output whose batch axis is another (an LSTM state [2, N, H]) comes as [N, 2, H]; one
+    without a batch axis comes unchanged. The runs follow the data's input layout (data.feeds)."""
+    for _feed, outs in _iter(session, data, batch_size, limit):
+        yield {k: v for k, (v, _axis) in outs.items()}

@@ -16,8 +16,8 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from ..data import Dataset
-from ..evaluate.runner import make_session, with_outputs
+from ..data import Dataset, feeds
+from ..evaluate.runner import make_session, run_feed, with_outputs
 from ..passes.base import PassRecord
 from .equalize import Graph, attr, copy_model, name_of
 
@@ -176,9 +176,9 @@ def _measure(fp32: onnx.ModelProto, qdq: onnx.ModelProto, group: list[Target], d
     qs = make_session(with_outputs(qdq, [t.out for t in group]))
     acc: list[Optional[np.ndarray]] = [None] * len(group)
     seen = 0
-    for b, batch in enumerate(data.batches(batch_size, samples)):
-        n = len(next(iter(batch.values())))
-        ref, got = fs.run([t.ref for t in group], batch), qs.run([t.out for t in group], batch)
+    for b, feed in enumerate(feeds(data, batch_size, samples, fp32)):
+        n = feed.samples
+        ref, got = run_feed(fs, [t.ref for t in group], feed), run_feed(qs, [t.out for t in group], feed)
         for i, (t, r, q) in enumerate(zip(group, ref, got)):
             e = np.moveaxis(r.astype(np.float64) - q.astype(np.float64), t.axis, -1)
             fold = (seen + np.arange(n)) % 2 if e.shape[0] == n else np.full(e.shape[0], b % 2)

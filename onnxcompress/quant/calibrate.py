@@ -20,7 +20,8 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import InputError
-from ..evaluate.runner import with_outputs
+from ..data import real_input, samples_of
+from ..evaluate.runner import run_feed, with_outputs
 from ..io import atomic_write_bytes, is_big, save_model
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
@@ -197,6 +198,7 @@ def calibrate(model: onnx.ModelProto, batches: Iterable[dict[str, np.ndarray]], 
               percentile: float = 99.999, bins: int = 4096, max_outputs_per_run: int = 256,
               providers: Optional[list[str]] = None, model_path: Optional[Path] = None) -> CalibrationResult:
     """Collect ranges for every float activation, one model run per batch (per chunk of tensors).
+    `batches`: model runs from data.feeds (a fixed batch's padding rows are left out of the ranges).
 
     `model_path`: the model's file, for models over 2 GB loaded without their external data: shape
     inference and the instrumented copies then work beside that file and share its data file."""
@@ -241,12 +243,12 @@ def _calibrate(model, batches, method, percentile, bins, max_outputs_per_run, pr
     samples = nb = 0
     for batch in batches:
         nb += 1
-        samples += len(next(iter(batch.values())))
+        samples += samples_of(batch)
         for name in input_names & set(stats):
-            stats[name].update(batch[name])
+            stats[name].update(real_input(batch, name))
         for sess, chunk in zip(sessions, chunks):
             if chunk:
-                for name, value in zip(chunk, sess.run(chunk, batch)):
+                for name, value in zip(chunk, run_feed(sess, chunk, batch, "the calibration data")):
                     stats[name].update(value)
     if nb == 0:
         raise InputError("calibration data has no batches; provide at least one sample")

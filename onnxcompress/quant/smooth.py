@@ -16,9 +16,9 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from ..data import Dataset
+from ..data import Dataset, feeds
 from ..errors import ConfigError
-from ..evaluate.runner import make_session, with_outputs
+from ..evaluate.runner import make_session, run_feed, with_outputs
 from ..passes.base import PassRecord
 from .equalize import FLOATS, Graph, Layer, as_layer, attr, copy_model, name_of, scale_out
 
@@ -144,8 +144,8 @@ def activation_max(model: onnx.ModelProto, tensors: list[str], data: Dataset, sa
     """max |x| per last-axis channel, streamed over batches of an instrumented copy."""
     sess = make_session(with_outputs(model, tensors), optimize=False)
     out: dict[str, np.ndarray] = {}
-    for batch in data.batches(batch_size, samples):
-        for name, v in zip(tensors, sess.run(tensors, batch)):
+    for feed in feeds(data, batch_size, samples, model):
+        for name, v in zip(tensors, run_feed(sess, tensors, feed)):
             m = np.abs(v.reshape(-1, v.shape[-1])).max(axis=0).astype(np.float64)
             out[name] = np.maximum(out[name], m) if name in out else m
     return out
