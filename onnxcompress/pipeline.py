@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 
 from .config import PipelineConfig, to_dict
-from .data import Dataset, input_specs, load_data
+from .data import Dataset, example_feed, input_specs, load_data
 from .errors import InputError
 from .evaluate.runner import make_session
 from .io import check_output_path, load_model, model_size, save_model
@@ -95,6 +95,8 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
 
     stages = [Stage("fp32", src, export_rec)]
     current = model
+    sample_data = val if val is not None else calib
+    shape_feed = example_feed(sample_data, 1, model) if sample_data is not None else None  # MACs: dynamic H x W, seq
     if config.simplify.enabled:
         from .passes.simplify import simplify
 
@@ -126,7 +128,7 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
         t0 = time.perf_counter()
         batches = (list(calib.batches(config.quant.batch_size, config.prune.calibration_samples))
                    if calib and config.prune.reconstruct and config.prune.ratio > 0 else None)
-        current, rec = prune_model(current, config.prune, calibration=batches)
+        current, rec = prune_model(current, config.prune, calibration=batches, feed=shape_feed)
         stages.append(Stage("pruned", save_model(current, out / f"{stem}.pruned.onnx"), rec, time.perf_counter() - t0))
     if config.quant.enabled:
         from .quant.search import quantize_model
@@ -144,7 +146,7 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
     say("validate")
     for st in stages:
         m = load_model(st.path, check=False)
-        st.metrics.update(model_stats(m))
+        st.metrics.update(model_stats(m, shape_feed))
         st.metrics["size_bytes"] = model_size(st.path)
     if val is not None:
         from .evaluate.validate import compare_sessions

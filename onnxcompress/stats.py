@@ -1,16 +1,47 @@
-"""Model statistics: parameters, per-sample MACs (shape inference, or one run where it falls short), ops."""
+"""Model statistics: parameters, per-sample MACs, ops.
+
+MACs need the shapes of every compute node. They come from, in this order:
+- a feed (one real sample, as the data gives it): one ONNX Runtime run with the compute tensors as outputs;
+- explicit input shapes (`--input-shape images:1x3x640x640`): shape inference with those dims pinned, or
+  one run on zeros of those shapes where inference leaves a compute node unknown;
+- nothing: shape inference when the only dynamic dims are batch dims (MACs are per sample), or one run
+  on zeros at batch 1 where inference falls short (Reshape targets computed from Shape ops).
+Dynamic spatial or sequence dims with neither a feed nor input shapes raise ShapesNeeded: a MAC figure
+computed with unknown dims taken as 1 is wrong (a detector at H x W = 1 x 1 has as many MACs as weights).
+"""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 import onnx
 
+from .errors import InputError
 from .io import is_big
 
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 _INT8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+_CONV = ("Conv", "ConvTranspose", "QLinearConv", "ConvInteger")
+_MATMUL = ("Gemm", "MatMul", "MatMulInteger", "QGemm", "QLinearMatMul")
+_COMPUTE = set(_CONV) | set(_MATMUL)
+
+Feed = Mapping[str, np.ndarray]
+InputShapes = Mapping[str, tuple[int, ...]]
+
+
+class ShapesNeeded(InputError):
+    """MACs depend on dynamic input dims and neither data nor input shapes were given."""
+
+
+@dataclass
+class Shapes:
+    """Tensor shapes (None: unknown dim) and the number of samples they are for."""
+
+    dims: dict[str, list[Optional[int]]]
+    batch: int = 1
+    source: str = "inferred"  # "inferred" | "data" | "input shapes" | "zeros at batch 1"
 
 
 def _weights(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -34,121 +65,292 @@ def count_params(model: onnx.ModelProto) -> int:
     return total
 
 
-_COMPUTE = {"Conv", "ConvTranspose", "QLinearConv", "ConvInteger", "Gemm", "MatMul", "MatMulInteger", "QGemm",
-            "QLinearMatMul"}
+# ---------------------------------------------------------------------------------------------- shapes
+
+def parse_input_shapes(items: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """'images:1x3x640x640' (repeatable, or comma-separated) -> {name: dims}. The name is what precedes
+    the last ':' (TF names such as 'x:0' keep theirs); a scalar input is 'name:' (no dims)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for item in (p for text in items for p in str(text).split(",") if p.strip()):
+        name, sep, dims = item.strip().rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x")) if dims.strip() else ()
+        except ValueError:
+            shape = (0,)
+        if not sep or not name or any(d < 1 for d in shape):
+            raise InputError(f"input shape '{item.strip()}' is not NAME:DIMS with positive dims; e.g. images:1x3x640x640")
+        out[name] = shape
+    return out
 
 
-def _shapes(model: onnx.ModelProto) -> tuple[dict[str, list], int]:
-    """Tensor shapes and the batch size they are for. Shape inference first; when it leaves a compute
-    node's dims unknown (Reshape targets computed from Shape ops, as exported transformers have), one
-    ORT run on a zero batch of 1 gives the real shapes (symbolic input dims = 1)."""
+def _batch_axes(model: onnx.ModelProto) -> tuple[dict[str, Optional[int]], Optional[int]]:
+    """Per input its batch axis (None: const, every dim is fixed data), and the fixed batch size if any.
+    From the data layout; where the shapes do not settle it, axis 0."""
+    from .data import input_specs, model_layout
+
+    try:
+        layout = model_layout(model)
+        return {i.name: i.axis for i in layout.inputs}, layout.batch
+    except InputError:
+        return {s.name: (0 if s.shape else None) for s in input_specs(model)}, None
+
+
+def dynamic_dims(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
+    """The dynamic input dims other than batch axes: (input, axis, dim name or '?')."""
+    from .data import input_specs
+
+    axes, _ = _batch_axes(model)
+    out = []
+    for s in input_specs(model):
+        for a, d in enumerate(s.shape):
+            if a != axes.get(s.name) and not (isinstance(d, int) and d > 0):
+                out.append((s.name, a, d or "?"))
+    return out
+
+
+def _needed_message(model: onnx.ModelProto, dyn: list[tuple[str, int, str]]) -> str:
+    from .data import input_specs
+
+    axes, batch = _batch_axes(model)
+    spec = next(s for s in input_specs(model) if s.name == dyn[0][0])
+    example = "x".join(str(d) if isinstance(d, int) and d > 0 else ("1" if a == axes.get(spec.name) else str(d or "?"))
+                       for a, d in enumerate(spec.shape))
+    names = ", ".join(f"{n} axis {a} ({d})" for n, a, d in dyn[:4])
+    return (f"MACs depend on dynamic input dims ({names}); pass data (--data / --calibration) or the shapes with "
+            f"--input-shape {spec.name}:{example} (numbers for the named dims)")
+
+
+def _infer(model: onnx.ModelProto, batch_names: set[str]) -> dict[str, list[Optional[int]]]:
+    """Shapes from onnx shape inference; a batch dim (named like an input's batch axis) counts as 1."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True) if not is_big(model) else model
-    except Exception:  # noqa: BLE001 - shape inference failure only means fewer MACs are known
+    except Exception:  # noqa: BLE001 - shape inference failure only means fewer shapes are known
         inferred = model
-    shapes: dict[str, list] = {}
-    unknown: set[str] = set()
-    inputs = [i for i in model.graph.input if i.type.tensor_type.shape.dim]
-    batch_dim = inputs[0].type.tensor_type.shape.dim[0].dim_param if inputs else ""
+    shapes: dict[str, list[Optional[int]]] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         if vi.type.tensor_type.HasField("shape"):
             dims = list(vi.type.tensor_type.shape.dim)
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
-            # an unknown dim other than the model's batch (e.g. batch*tokens after a Reshape) would count as 1
-            lead_other = bool(dims) and not dims[0].HasField("dim_value") and dims[0].dim_param != batch_dim
-            if lead_other or any(not d.HasField("dim_value") for d in dims[1:]):
-                unknown.add(vi.name)
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else (1 if d.dim_param in batch_names else None)
+                               for d in dims]
     for t in _weights(model):
-        shapes.setdefault(t.name, list(t.dims))
+        shapes[t.name] = list(t.dims)
     for n in model.graph.node:
         if n.op_type == "Constant":
             for a in n.attribute:
                 if a.name == "value":
                     shapes[n.output[0]] = list(a.t.dims)
-    vague = any(t in unknown or (t and t not in shapes) for n in model.graph.node if n.op_type in _COMPUTE
-                for t in [*n.input[:2], n.output[0]])
-    if vague and not is_big(model):
-        measured = _run_shapes(model)
-        if measured is not None:
-            shapes.update(measured[0])
-            return shapes, measured[1]
-    return shapes, 1
+    return shapes
 
 
-def _run_shapes(model: onnx.ModelProto) -> "tuple[dict[str, list], int] | None":
-    from .data import input_specs
-    from .errors import OnnxCompressError
+def _compute_tensors(model: onnx.ModelProto) -> list[str]:
+    """The tensors whose shapes MACs are computed from (activations and weights of compute nodes)."""
+    names = []
+    for n in model.graph.node:
+        if n.op_type in _COMPUTE:
+            ins = [n.input[0], n.input[3]] if n.op_type in ("QLinearConv", "QLinearMatMul", "QGemm") else list(n.input[:2])
+            names += [t for t in ins + [n.output[0]] if t]
+    return list(dict.fromkeys(names))
+
+
+def _vague(model: onnx.ModelProto, shapes: dict[str, list[Optional[int]]]) -> bool:
+    return any(t not in shapes or None in shapes[t] for t in _compute_tensors(model))
+
+
+def _measure(model: onnx.ModelProto, feed: Feed, batch: int, source: str) -> Shapes:
+    """One ORT run on `feed` with every compute tensor as an output (ORT's own log silenced)."""
     from .evaluate.runner import make_session, with_outputs
 
-    specs = input_specs(model)
-    first = specs[0].shape[0] if specs and specs[0].shape else 1
-    batch = first if isinstance(first, int) and first > 0 else 1
-    feeds = {s.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in s.shape], s.dtype) for s in specs}
-    names = list(dict.fromkeys(o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o))
+    known = {i.name for i in model.graph.input} | {t.name for t in _weights(model)}
+    names = [t for t in _compute_tensors(model) if t not in known]
+    sess = make_session(with_outputs(model, names), optimize=False, quiet=True)
     try:
-        sess = make_session(with_outputs(model, names), optimize=False)
-        outs = sess.run(names, feeds)
-    except (OnnxCompressError, Exception):  # noqa: BLE001 - a model ORT cannot run keeps inferred shapes
-        return None
-    return {n: list(o.shape) for n, o in zip(names, outs) if hasattr(o, "shape")}, batch
+        outs = sess.run(names, dict(feed)) if names else []
+    except Exception as exc:  # noqa: BLE001 - ORT's own error types; the message is what matters
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"running the model once to measure its shapes failed ({msg}); check the data or "
+                         "--input-shape") from None
+    dims: dict[str, list[Optional[int]]] = {n: list(np.shape(v)) for n, v in feed.items()}
+    dims.update({t.name: list(t.dims) for t in _weights(model)})
+    dims.update({n: list(o.shape) for n, o in zip(names, outs) if hasattr(o, "shape")})
+    return Shapes(dims, max(1, batch), source)
 
 
-def _weight_source(model: onnx.ModelProto) -> dict[str, str]:
-    """Map a DequantizeLinear output back to its quantized weight so QDQ models count like float ones."""
-    return {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+def _feed_batch(model: onnx.ModelProto, feed: Feed) -> int:
+    """Samples the model runs on `feed` (a data.Feed knows; else the size of the first batch axis)."""
+    size = getattr(feed, "size", None)
+    if size:
+        return int(size)
+    axes, _ = _batch_axes(model)
+    for name, axis in axes.items():
+        if axis is not None and name in feed and np.ndim(feed[name]) > axis:
+            return int(np.shape(feed[name])[axis])
+    return 1
 
 
-def count_macs(model: onnx.ModelProto) -> tuple[int, list[str]]:
+def _pinned(model: onnx.ModelProto, input_shapes: InputShapes) -> tuple[onnx.ModelProto, dict[str, np.ndarray], int]:
+    """A copy with the given input dims fixed, zeros of those shapes, and the batch size they have."""
+    from .data import input_specs
+
+    specs = {s.name: s for s in input_specs(model)}
+    unknown = sorted(set(input_shapes) - set(specs))
+    if unknown:
+        raise InputError(f"--input-shape names '{unknown[0]}', which is not a model input (inputs: {', '.join(specs)})")
+    axes, fixed = _batch_axes(model)
+    values: dict[str, int] = {}  # dim name -> size, from the shapes given
+    for name, dims in input_shapes.items():
+        s = specs[name]
+        if len(dims) != len(s.shape):
+            raise InputError(f"--input-shape {name}: {len(dims)} dims given, the input has rank {len(s.shape)} "
+                             f"({'x'.join(str(d or '?') for d in s.shape) or 'scalar'})")
+        for a, (want, got) in enumerate(zip(s.shape, dims)):
+            if isinstance(want, int) and want > 0 and want != got:
+                raise InputError(f"--input-shape {name}: axis {a} is fixed at {want} in the model, {got} was given")
+            if isinstance(want, str):
+                values.setdefault(want, got)
+    batch = next((input_shapes[n][a] for n, a in axes.items() if n in input_shapes and a is not None), fixed or 1)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, s in specs.items():
+        if name in input_shapes:
+            shapes[name] = tuple(input_shapes[name])
+            continue
+        dims = []
+        for a, d in enumerate(s.shape):
+            if isinstance(d, int) and d > 0:
+                dims.append(d)
+            elif isinstance(d, str) and d in values:
+                dims.append(values[d])
+            elif a == axes.get(name):
+                dims.append(batch)
+            else:
+                raise InputError(f"--input-shape gives no size for input '{name}' axis {a} ({d or '?'}); "
+                                 f"add {name}:{'x'.join(str(x or '?') for x in s.shape)} with numbers")
+        shapes[name] = tuple(dims)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        if inp.name in shapes and inp.type.tensor_type.HasField("shape"):
+            for d, v in zip(inp.type.tensor_type.shape.dim, shapes[inp.name]):
+                d.Clear()
+                d.dim_value = v
+    zeros = {name: np.zeros(shapes[name], specs[name].dtype) for name in specs}
+    return m, zeros, batch
+
+
+def check_input_shapes(model: onnx.ModelProto, input_shapes: Optional[InputShapes]) -> None:
+    """Raise InputError (before any work) when --input-shape names a missing input or contradicts the model."""
+    if input_shapes:
+        _pinned(model, input_shapes)
+
+
+def model_shapes(model: onnx.ModelProto, feed: Optional[Feed] = None,
+                 input_shapes: Optional[InputShapes] = None) -> Shapes:
+    """The shapes MACs are counted from (see the module docstring). Raises ShapesNeeded when dynamic
+    non-batch dims reach a compute node and neither `feed` nor `input_shapes` is given."""
+    if feed is not None:
+        return _measure(model, feed, _feed_batch(model, feed), "data")
+    if input_shapes:
+        pinned, zeros, batch = _pinned(model, input_shapes)
+        shapes = _infer(pinned, set())
+        if not _vague(pinned, shapes) or is_big(model):
+            return Shapes(shapes, batch, "input shapes")
+        return _measure(model, zeros, batch, "input shapes")
+    axes, fixed = _batch_axes(model)
+    batch_names = {d.dim_param for i in model.graph.input for a, d in enumerate(i.type.tensor_type.shape.dim)
+                   if a == axes.get(i.name) and d.dim_param}
+    shapes = _infer(model, batch_names)
+    if not _vague(model, shapes) or is_big(model):
+        return Shapes(shapes, fixed or 1, "inferred")
+    dyn = dynamic_dims(model)
+    if dyn:
+        raise ShapesNeeded(_needed_message(model, dyn))
+    try:  # every input dim is known but a batch dim: zeros at batch 1 settle what inference could not
+        _, zeros, batch = _pinned(model, {})
+        return _measure(model, zeros, batch, "zeros at batch 1")
+    except InputError:  # a model ORT cannot run on zeros keeps the inferred shapes (nodes left unknown)
+        return Shapes(shapes, fixed or 1, "inferred")
+
+
+def shapes_or_none(model: onnx.ModelProto, feed: Optional[Feed] = None,
+                   input_shapes: Optional[InputShapes] = None) -> tuple[Optional[Shapes], str]:
+    """model_shapes, or (None, why) when the model needs data or input shapes for them."""
+    try:
+        return model_shapes(model, feed, input_shapes), ""
+    except ShapesNeeded as exc:
+        return None, str(exc)
+
+
+# ------------------------------------------------------------------------------------------------ MACs
+
+def count_macs(model: onnx.ModelProto, shapes: Optional[Shapes] = None) -> tuple[int, list[str]]:
     """Per-sample multiply-accumulates of Conv/ConvTranspose/Gemm/MatMul (+ their int8 kernels).
 
-    Returns (macs, names of nodes whose shapes were unknown and so were not counted)."""
-    per_node, unknown = node_macs(model)
+    Returns (macs, names of nodes whose shapes were unknown and so were not counted). Without `shapes`,
+    they are found by model_shapes(model), which raises ShapesNeeded for dynamic spatial/sequence dims."""
+    per_node, unknown = node_macs(model, shapes)
     return sum(per_node.values()), unknown
 
 
-def node_macs(model: onnx.ModelProto) -> tuple[dict[str, int], list[str]]:
-    """MACs per compute node (keyed by node name, or first output when unnamed), and unknown nodes."""
-    shapes, batch = _shapes(model)
+def macs_or_none(model: onnx.ModelProto, feed: Optional[Feed] = None,
+                 input_shapes: Optional[InputShapes] = None) -> tuple[Optional[int], str]:
+    """(per-sample MACs, "") or (None, why they need data or input shapes)."""
+    shapes, why = shapes_or_none(model, feed, input_shapes)
+    return (None, why) if shapes is None else (count_macs(model, shapes)[0], "")
+
+
+def node_macs(model: onnx.ModelProto, shapes: Optional[Shapes] = None) -> tuple[dict[str, int], list[str]]:
+    """Per-sample MACs per compute node (keyed by node name, or first output when unnamed), and unknown nodes."""
+    shapes = shapes if shapes is not None else model_shapes(model)
+    dims, batch = shapes.dims, max(shapes.batch, 1)
+
+    def get(name: str) -> Optional[list[int]]:
+        d = dims.get(name)
+        return None if d is None or None in d else d
+
     unknown: list[str] = []
     result: dict[str, int] = {}
     for n in model.graph.node:
         key = n.name or n.output[0]
         op = n.op_type
-        if op in ("Conv", "ConvTranspose", "QLinearConv", "ConvInteger"):
-            w_name = n.input[3] if op == "QLinearConv" else n.input[1]
-            out = shapes.get(n.output[0])
-            w = shapes.get(w_name)
-            if not out or not w or len(w) < 3:
-                unknown.append(n.name or n.output[0])
+        if op in _CONV:
+            w = get(n.input[3] if op == "QLinearConv" else n.input[1])
+            out, inp = get(n.output[0]), get(n.input[0])
+            if not w or len(w) < 3 or not out or (op == "ConvTranspose" and not inp):
+                unknown.append(key)
                 continue
-            if op == "ConvTranspose":
-                inp = shapes.get(n.input[0])
-                if not inp:
-                    unknown.append(n.name or n.output[0])
-                    continue
-                result[key] = int(np.prod(inp[2:])) * int(np.prod(w))  # every input pixel scatters a kernel
-            else:
-                result[key] = int(np.prod(out[1:])) * int(np.prod(w[1:]))  # out elems x (Cin/groups * k*k)
-        elif op in ("Gemm", "MatMul", "MatMulInteger", "QGemm", "QLinearMatMul"):
-            a_name = n.input[0]
-            b_name = n.input[3] if op in ("QGemm", "QLinearMatMul") else n.input[1]
-            a, b, out = shapes.get(a_name), shapes.get(b_name), shapes.get(n.output[0])
+            if op == "ConvTranspose":  # every input pixel scatters a kernel
+                total = int(np.prod(inp)) // max(inp[1], 1) * int(np.prod(w))
+            else:  # out elems x (Cin/groups * k*k)
+                total = int(np.prod(out)) * int(np.prod(w[1:]))
+            result[key] = total // batch
+        elif op in _MATMUL:
+            a = get(n.input[0])
+            b = get(n.input[3] if op in ("QGemm", "QLinearMatMul") else n.input[1])
+            out = get(n.output[0])
             if not a or not b or not out:
-                unknown.append(n.name or n.output[0])
+                unknown.append(key)
                 continue
             trans_a = any(at.name == "transA" and at.i for at in n.attribute)
             k = a[-2] if (op == "Gemm" and trans_a) else a[-1]
-            # all rows of the output, per sample (a Gemm on [batch*tokens, d] has no batch axis of its own)
-            result[key] = int(np.prod(out)) * int(k) // max(batch, 1) if len(out) >= 2 else int(np.prod(out)) * int(k)
+            # all rows of the output (a Gemm on [batch*tokens, d] has no batch axis of its own), per sample
+            result[key] = int(np.prod(out)) * int(k) // batch if len(out) >= 2 else int(np.prod(out)) * int(k)
     return result, unknown
 
 
-def model_stats(model: onnx.ModelProto) -> dict[str, Any]:
-    macs, unknown = count_macs(model)
-    return {
+def model_stats(model: onnx.ModelProto, feed: Optional[Feed] = None,
+                input_shapes: Optional[InputShapes] = None) -> dict[str, Any]:
+    """Parameters, per-sample MACs (None, with `macs_note` saying what is needed, when dynamic dims
+    need data or input shapes), node and op counts."""
+    shapes, why = shapes_or_none(model, feed, input_shapes)
+    macs, unknown = count_macs(model, shapes) if shapes is not None else (None, [])
+    out = {
         "params": count_params(model),
         "macs": macs,
         "macs_unknown_nodes": unknown,
         "nodes": len(model.graph.node),
         "ops": dict(Counter(n.op_type for n in model.graph.node).most_common()),
     }
+    if shapes is not None:
+        out["shapes_from"] = shapes.source
+    else:
+        out["macs_note"] = why
+    return out

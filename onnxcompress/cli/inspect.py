@@ -1,39 +1,92 @@
 """`inspect`: ops, parameters, MACs and the int8 fusion audit of a model."""
 from __future__ import annotations
 
+import time
+
 import click
 
-from .common import emit, handle_errors, json_option
-from .quant import fusion_line
+from .common import emit, handle_errors, input_layout_option, json_option, layout_items
+
+input_shape_option = click.option(
+    "--input-shape", "input_shape", multiple=True, metavar="NAME:DIMS",
+    help="Input dims for MAC counts when the model's spatial/sequence dims are dynamic, e.g. images:1x3x640x640 "
+         "(repeated or comma-separated); data, where given, is used instead.")
+
+
+class StepPrinter:
+    """A library progress callback (done, total, what) printed as one stderr line per step, with the time
+    since the command started: long steps (analysis, layer-by-layer reconstruction) show they are moving."""
+
+    def __init__(self, command: str) -> None:
+        self.command, self.t0 = command, time.perf_counter()
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        click.echo(f"{self.command}: {what} [{time.perf_counter() - self.t0:.1f} s]", err=True)
+
+
+def _fusion_text(f: dict) -> str:
+    if f.get("share_basis") == "nodes":
+        share = f"{100 * f['int8_mac_share']:.1f}% of the compute nodes (MACs unknown: dynamic dims)"
+    else:
+        share = f"{100 * f['int8_mac_share']:.1f}% of all MACs, {100 * f['fused_share']:.1f}% of the quantized MACs"
+    return (f"int8 kernels: {f['int8_nodes']}/{f['compute_nodes']} compute nodes, {share} "
+            f"({len(f['float_islands'])} float islands)")
+
+
+def _macs(r: dict) -> str:
+    return f"{r['macs']:,} MACs" if r.get("macs") is not None else "MACs unknown"
 
 
 @click.command("inspect")
 @click.argument("model", type=click.Path())
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider for the fusion audit.")
+@click.option("--data", "-d", type=click.Path(), help="Data (.npz named after the inputs, or any source `quantize -c` "
+              "takes): MACs come from the shapes one sample gives (needed when spatial/sequence dims are dynamic).")
+@input_shape_option
+@input_layout_option
 @json_option
 @handle_errors
-def inspect_cmd(model, provider, as_json):
-    """Print ops, parameters, MACs and (for quantized models) the int8 fusion audit of MODEL."""
-    from ..data import input_specs
+def inspect_cmd(model, provider, data, input_shape, input_layout, as_json):
+    """Print ops, parameters, MACs and (for quantized models) the int8 fusion audit of MODEL.
+
+    MACs are per sample. With dynamic spatial or sequence dims they need the real shapes: give --data or
+    --input-shape; without them no MAC figure is printed (one computed with those dims at 1 would be wrong)."""
+    from ..data import example_feed, input_specs, load_data, model_layout
     from ..io import load_model, model_size
     from ..quant.audit import audit
-    from ..stats import model_stats
+    from ..stats import check_input_shapes, model_stats, parse_input_shapes
 
+    shapes = parse_input_shapes(input_shape)
     m = load_model(model)
-    st = model_stats(m)
+    check_input_shapes(m, shapes)
+    feed = None
+    if data:
+        layout = model_layout(m, layout_items(input_layout))
+        feed = example_feed(load_data(data, layout), 1, m)
+    st = model_stats(m, feed, shapes)
     st["size_bytes"] = model_size(model)
     st["inputs"] = [{"name": s.name, "shape": [d if d else "?" for d in s.shape], "dtype": str(s.dtype)} for s in input_specs(m)]
     st["outputs"] = [o.name for o in m.graph.output]
-    st["fusion"] = audit(m, provider)
-    lines = [f"{model}: {st['size_bytes'] / 1e6:.2f} MB, {st['params']:,} parameters, {st['macs']:,} MACs per sample",
+    st["fusion"] = audit(m, provider, feed, shapes)
+    macs = (f"{st['macs']:,} MACs per sample" + (f" (shapes from {st['shapes_from']})" if st.get("shapes_from") in
+                                                  ("data", "input shapes") else "")
+            if st["macs"] is not None else "MACs not counted")
+    lines = [f"{model}: {st['size_bytes'] / 1e6:.2f} MB, {st['params']:,} parameters, {macs}",
              "inputs: " + ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))} {i['dtype']}" for i in st["inputs"]),
              "ops: " + ", ".join(f"{k} {v}" for k, v in st["ops"].items())]
+    if st["macs"] is None:
+        lines.append(st["macs_note"])
+    elif st["macs_unknown_nodes"]:
+        lines.append(f"MACs leave out {len(st['macs_unknown_nodes'])} nodes of unknown shape: "
+                     + ", ".join(st["macs_unknown_nodes"][:5]) + (", ..." if len(st["macs_unknown_nodes"]) > 5 else ""))
     f = st["fusion"]
     if f.get("available"):
-        lines.append(f"{provider}: " + fusion_line(f))
-        lines += [f"  float island: {r['node']} ({r['op']} -> {r['kernel']}, {r['macs']:,} MACs)" for r in f["float_islands"][:20]]
+        lines.append(f"{provider}: " + _fusion_text(f))
+        lines += [f"  float island: {r['node']} ({r['op']} -> {r['kernel']}, {_macs(r)})" for r in f["float_islands"][:20]]
         if f["kept_fp32"]:
-            lines.append(f"  kept in FP32 (no Q/DQ): {len(f['kept_fp32'])} nodes, {sum(r['macs'] for r in f['kept_fp32']):,} MACs")
+            known = [r["macs"] for r in f["kept_fp32"] if r["macs"] is not None]
+            lines.append(f"  kept in FP32 (no Q/DQ): {len(f['kept_fp32'])} nodes"
+                         + (f", {sum(known):,} MACs" if len(known) == len(f["kept_fp32"]) else ""))
     emit(as_json, st, "\n".join(lines))
 
 

@@ -1,10 +1,14 @@
 """`prune`: remove zeroed channels, or structured channel pruning at a ratio, on ONNX directly."""
 from __future__ import annotations
 
+from collections import Counter
+
 import click
 
 from ..config import PruneConfig
-from .common import emit, handle_errors, json_option
+from .common import emit, handle_errors, input_layout_option, json_option, layout_items
+from .dataopts import build_data_config, data_options, open_data
+from .inspect import StepPrinter, input_shape_option
 
 
 @click.command("prune")
@@ -22,37 +26,86 @@ from .common import emit, handle_errors, json_option
                    "to reproduce the original model's layer outputs.")
 @click.option("--calibration-samples", type=int, default=PruneConfig.calibration_samples, show_default=True,
               help="Calibration samples read for the reconstruction.")
+@input_shape_option
+@click.option("--verbose", is_flag=True, help="List every kept channel group's node and every layer's refit.")
+@input_layout_option
+@data_options
 @json_option
 @handle_errors
 def prune_cmd(model, output, ratio, zeroed_only, criterion, scope, align, min_channels, calibration,
-              calibration_samples, as_json):
+              calibration_samples, input_shape, verbose, as_json, input_layout, data_flags):
     """Physically remove channels from MODEL: dead ones exactly, or the weakest at --ratio."""
-    from ..data import input_specs, load_data
-    from ..io import check_output_path, load_model, save_model
+    from ..backdoor import feeds_from, save_verified
+    from ..data import example_feed, model_layout
+    from ..io import check_output_path, load_model
     from ..passes.prune import prune_model
+    from ..stats import check_input_shapes, parse_input_shapes
 
     cfg = PruneConfig(enabled=True, ratio=ratio, zeroed_only=zeroed_only, criterion=criterion, scope=scope,
                       align=align, min_channels=min_channels, calibration_samples=calibration_samples)
     cfg.validate()
+    shapes = parse_input_shapes(input_shape)
     out = check_output_path(output, model, calibration)
     m = load_model(model)
-    batches = list(load_data(calibration, input_specs(m)).batches(64, calibration_samples)) if calibration else None
-    pruned, rec = prune_model(m, cfg, calibration=batches)
-    save_model(pruned, out)
-    s = rec.stats
-    lines = [f"wrote {out}",
-             f"params {s['params_before']:,} -> {s['params_after']:,} ({s['params_after'] / max(1, s['params_before']):.2f}x)",
-             f"MACs   {s['macs_before']:,} -> {s['macs_after']:,} ({s['macs_after'] / max(1, s['macs_before']):.2f}x)",
-             f"channel groups removed {s['groups_removed']} of {s['groups_total']}, blocked {s['groups_blocked']}"]
+    check_input_shapes(m, shapes)
+    layout = model_layout(m, layout_items(input_layout))  # checked against the model and the data, before any work
+    ds = open_data(calibration, layout, build_data_config(**data_flags), m,
+                   None if as_json else (lambda msg: click.echo(msg, err=True))) if calibration else None
+    batches = list(ds.feeds(64, calibration_samples)) if ds else None
+    pruned, rec = prune_model(m, cfg, calibration=batches, progress=None if as_json else StepPrinter("prune"),
+                              feed=example_feed(ds, 1, m) if ds else None, input_shapes=shapes)
+    save_verified(pruned, out, pass_name="prune", reference=m, exact=cfg.zeroed_only or cfg.ratio == 0,
+                  feeds=feeds_from(ds, m), record=rec)
+    emit(as_json, rec.to_dict(), summary(out, rec.to_dict(), verbose))
+
+
+def _ratio(before, after) -> str:
+    if before is None or after is None:
+        return "unknown"
+    return f"{before:,} -> {after:,} ({after / max(1, before):.2f}x)"
+
+
+def _top(ops: dict) -> str:
+    return ", ".join(f"{n} {op}" for op, n in list(ops.items())[:3]) + (", ..." if len(ops) > 3 else "")
+
+
+def summary(out, rec: dict, verbose: bool = False) -> str:
+    """The prune result in a few lines: sizes, groups removed, kept groups counted by reason (--verbose:
+    every node and every refit layer)."""
+    s = rec["stats"]
+    lines = [f"wrote {out}", f"params {_ratio(s['params_before'], s['params_after'])}",
+             f"MACs   {_ratio(s.get('macs_before'), s.get('macs_after'))}" +
+             (f" ({s['macs_note']})" if s.get("macs_before") is None and s.get("macs_note") else ""),
+             f"channel groups removed {s['groups_removed']} of {s.get('groups_total', '?')}"]
+    kept = s.get("kept_by_reason") or []
+    if kept:
+        lines.append(f"kept {sum(k['groups'] for k in kept)} groups:")
+        lines += [f"  {k['groups']} {k['reason']} ({k['nodes']} node{'s' if k['nodes'] > 1 else ''}: {_top(k['ops'])})"
+                  for k in kept]
+    for k in s.get("selected_but_kept") or []:
+        lines.append(f"  {k['groups']} selected but kept: {k['reason']} ({_top(k['ops'])})")
+    skipped = [(sk["target"], sk["reason"]) for sk in rec.get("skipped", [])]
+    failed = [r for t, r in skipped if "channel pruning failed" in r]
+    lines += [f"warning: {r}" for r in failed]
     rc = s.get("reconstruct")
     if rc is not None:
-        lines.append(f"reconstructed {rc['refit']} of {len(rc['layers'])} layers on {rc['samples']} samples "
-                     f"({rc['seconds']:.1f} s); held-out output MSE per layer:")
-        lines += [f"  {name}: {r['mse_before']:.4g} -> {r['mse_after']:.4g}{'' if r['accepted'] else ' (not applied)'}"
-                  for name, r in rc["layers"].items()]
-    lines += [f"  not refit {sk.target}: {sk.reason.removeprefix('reconstruct: ')}" if sk.reason.startswith("reconstruct:")
-              else f"  kept {sk.target}: {sk.reason}" for sk in rec.skipped]
-    emit(as_json, rec.to_dict(), "\n".join(lines))
+        layers = rc["layers"]
+        ratios = sorted(r["mse_after"] / r["mse_before"] for r in layers.values() if r["accepted"] and r["mse_before"] > 0)
+        lines.append(f"reconstructed {rc['refit']} of {len(layers)} layers on {rc['samples']} samples ({rc['seconds']:.1f} s)"
+                     + (f"; held-out output MSE x{ratios[len(ratios) // 2]:.2f} (median over refit layers)" if ratios else ""))
+        if verbose:
+            lines += [f"  {name}: {r['mse_before']:.4g} -> {r['mse_after']:.4g}{'' if r['accepted'] else ' (not applied)'}"
+                      for name, r in layers.items()]
+    not_refit = [(t, r.removeprefix("reconstruct: ")) for t, r in skipped if r.startswith("reconstruct:")]
+    if not_refit and not verbose:
+        by = Counter(r for _, r in not_refit)
+        lines += [f"  not refit: {n} x {r}" for r, n in by.most_common()]
+    if verbose:
+        lines += [f"  not refit {t}: {r}" for t, r in not_refit]
+        lines += [f"  kept {t}: {r}" for t, r in skipped if not r.startswith("reconstruct:") and "channel pruning failed" not in r]
+    elif kept or not_refit:
+        lines.append("(--verbose lists every node)")
+    return "\n".join(lines)
 
 
 COMMANDS = [prune_cmd]

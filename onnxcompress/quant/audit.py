@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import onnx
 
 from ..evaluate.runner import make_session
-from ..stats import node_macs
+from ..stats import node_macs, shapes_or_none
 
 COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "MatMulIntegerToFloat",
@@ -25,9 +25,14 @@ def _is_quantized(model: onnx.ModelProto) -> bool:
     return any(n.op_type in ("DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger") for n in model.graph.node)
 
 
-def audit(model: onnx.ModelProto, provider: str = "cpu") -> dict[str, Any]:
-    """Per compute node: MACs and the kernel ORT runs it with; the int8 share of MACs."""
-    macs, _ = node_macs(model)
+def audit(model: onnx.ModelProto, provider: str = "cpu", feed: Optional[dict] = None,
+          input_shapes: Optional[dict] = None) -> dict[str, Any]:
+    """Per compute node: MACs and the kernel ORT runs it with; the int8 share of MACs. MACs come from the
+    shapes measured on `feed` (one sample of the data) or `input_shapes` (stats.model_shapes); when dynamic
+    spatial/sequence dims leave them unknown, node MACs are None and the shares count nodes instead
+    (`share_basis` says which, `macs_note` what is needed)."""
+    shapes, macs_note = shapes_or_none(model, feed, input_shapes)
+    macs = node_macs(model, shapes)[0] if shapes is not None else None
     with tempfile.TemporaryDirectory(prefix="onnxcompress-audit-") as d:
         opt_path = str(Path(d) / "optimized.onnx")
         make_session(model, provider, threads=1, optimize=True, optimized_path=opt_path)
@@ -60,11 +65,13 @@ def audit(model: onnx.ModelProto, provider: str = "cpu") -> dict[str, Any]:
         name = n.name or n.output[0]
         kernel = kernels[id(n)] or (leftovers.pop(0) if leftovers else "unknown")
         is_int8 = kernel in INT8_KERNELS
-        rows.append({"node": name, "op": n.op_type, "macs": macs.get(name, 0), "kernel": kernel, "int8": is_int8,
+        rows.append({"node": name, "op": n.op_type, "macs": macs.get(name, 0) if macs is not None else None,
+                     "kernel": kernel, "int8": is_int8,
                      "role": "int8" if is_int8 else ("island" if id(n) in quantized else "fp32")})
-    total = sum(r["macs"] for r in rows)
-    int8 = sum(r["macs"] for r in rows if r["int8"])
-    meant = sum(r["macs"] for r in rows if r["role"] != "fp32")
+    weight = (lambda r: r["macs"]) if macs is not None else (lambda r: 1)  # noqa: E731 - nodes when MACs are unknown
+    total = sum(weight(r) for r in rows)
+    int8 = sum(weight(r) for r in rows if r["int8"])
+    meant = sum(weight(r) for r in rows if r["role"] != "fp32")
     return {
         "provider": provider, "available": True, "quantized": _is_quantized(model),
         "compute_nodes": len(rows), "int8_nodes": sum(r["int8"] for r in rows),
@@ -72,7 +79,8 @@ def audit(model: onnx.ModelProto, provider: str = "cpu") -> dict[str, Any]:
         # kept in FP32 on purpose, such as attention score MatMuls or fallback exclusions, are not islands)
         "int8_mac_share": (int8 / total) if total else 0.0,
         "fused_share": (int8 / meant) if meant else 0.0,
-        "macs_total": total, "macs_quantized": meant,
+        "macs_total": total if macs is not None else None, "macs_quantized": meant if macs is not None else None,
+        "share_basis": "MACs" if macs is not None else "nodes", **({"macs_note": macs_note} if macs_note else {}),
         "float_islands": [r for r in rows if r["role"] == "island"],
         "kept_fp32": [r for r in rows if r["role"] == "fp32"], "nodes": rows,
     }

@@ -2,16 +2,18 @@
 least-squares reconstruction of the layers that lost input channels."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
+import numpy as np
 import onnx
 
 from ...config import PruneConfig
-from ...stats import count_macs, count_params
+from ...data import example_feed
+from ...stats import count_params, macs_or_none
 from ..base import PassRecord
 from .reconstruct import Batches, reconstruct
-from .remove import analyze, remove_channels
-from .structured import structured_prune, structured_removal
+from .remove import analyze, remove_channels, removal
+from .structured import Progress, structured_prune, structured_removal
 
 
 def remove_zeroed_channels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassRecord]:
@@ -19,23 +21,42 @@ def remove_zeroed_channels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Pas
     return remove_channels(model, exact=True)
 
 
-def prune_model(model: onnx.ModelProto, config: PruneConfig, calibration: Optional[Batches] = None
-                ) -> tuple[onnx.ModelProto, PassRecord]:
+def prune_model(model: onnx.ModelProto, config: PruneConfig, calibration: Optional[Batches] = None,
+                progress: Progress = None, feed: Optional[Mapping[str, np.ndarray]] = None,
+                input_shapes: Optional[Mapping[str, tuple[int, ...]]] = None) -> tuple[onnx.ModelProto, PassRecord]:
     """The prune stage: zeroed-only removal, or structured pruning at `config.ratio`; with calibration
-    batches (and config.reconstruct), the layers that lost input channels are refit by least squares."""
+    batches (and config.reconstruct), the layers that lost input channels are refit by least squares.
+
+    MACs before and after are counted on the same shapes: measured on `feed` (one sample in the model's
+    layout), else on the first calibration batch, else from `input_shapes`, else the model's own static
+    shapes; None (with stats["macs_note"]) when dynamic spatial/sequence dims need one of those.
+    `progress(done, total, what)` is told every step (library code never prints)."""
+    say = progress or (lambda done, total, what: None)
+    if feed is None and calibration is not None:  # one run of the data: its run size is what MACs are divided by
+        feed = example_feed(calibration, 1, model) if hasattr(calibration, "batches") else next(iter(calibration), None)
+    notes: list[str] = []
+
+    def macs(m: onnx.ModelProto) -> Optional[int]:
+        value, why = macs_or_none(m, feed, input_shapes)
+        if why and why not in notes:
+            notes.append(why)
+        return value
+
     if config.zeroed_only or config.ratio == 0:
-        pruned, rec = remove_zeroed_channels(model)
+        say(0, 1, "removing zeroed channels")
+        result = removal(model, exact=True, macs=macs)
+        pruned, rec = result.model, result.record
         if calibration is not None and config.reconstruct:
             rec.skip("reconstruct", "removing zeroed channels is exact: nothing to reconstruct")
-        return pruned, rec
-    result = structured_removal(model, config.ratio, config.criterion, config.scope, config.align,
-                                config.min_channels)
-    pruned, rec = result.model, result.record
-    rec.stats["params_before"] = count_params(model)
-    rec.stats["macs_before"] = count_macs(model)[0]
-    if calibration is not None and config.reconstruct:
-        pruned = reconstruct(model, pruned, result.kept, calibration, rec)
-        rec.stats["params_after"] = count_params(pruned)  # a refit conv without bias gains one
+    else:
+        result = structured_removal(model, config.ratio, config.criterion, config.scope, config.align,
+                                    config.min_channels, macs=macs, progress=say)
+        pruned, rec = result.model, result.record
+        if calibration is not None and config.reconstruct:
+            pruned = reconstruct(model, pruned, result.kept, calibration, rec, progress=say)
+            rec.stats["params_after"] = count_params(pruned)  # a refit conv without bias gains one
+    if notes:
+        rec.stats["macs_note"] = notes[0]
     return pruned, rec
 
 

@@ -25,13 +25,14 @@ import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ...evaluate.runner import make_session
+from ...data import Dataset, Feed, feeds, samples_of
+from ...evaluate.runner import make_session, run_feed
 from ...io import is_big
 from ..base import PassRecord
 from .handlers import attr, set_attr
@@ -392,17 +393,20 @@ class Reconstruction:
 
 
 def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, np.ndarray],
-                batches: Batches, rec: PassRecord, options: Optional[Reconstruction] = None) -> onnx.ModelProto:
+                batches: Batches, rec: PassRecord, options: Optional[Reconstruction] = None,
+                progress: Optional[Callable[[int, int, str], None]] = None) -> onnx.ModelProto:
     """Refit the layers of `pruned` that lost input channels; returns a new model (same shapes), fills
-    rec.stats["reconstruct"] with per-layer held-out MSE before/after and adds skips with reasons."""
+    rec.stats["reconstruct"] with per-layer held-out MSE before/after and adds skips with reasons.
+    `progress(done, total, what)` is told each level's pass over the data and each layer's refit."""
     opts = options or Reconstruction()
+    say = progress or (lambda done, total, what: None)
     t0 = time.perf_counter()
     out = onnx.ModelProto()
     out.CopyFrom(pruned)
     if is_big(original) or is_big(out):
         rec.skip("reconstruct", "models over 2 GB are not reconstructed (in-memory sessions)")
         return out
-    batches = [b for b in batches if len(next(iter(b.values())))]
+    batches = [b for b in _as_feeds(batches, original) if samples_of(b)]
     if not batches:
         rec.skip("reconstruct", "no calibration samples")
         return out
@@ -412,16 +416,19 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
     orig_sess = _instrumented(original, [layer.y for layer in layers]) if layers else None
     rng = np.random.default_rng(opts.seed)
     cap = max(1, math.ceil(opts.max_rows / len(batches)))
-    for level in sorted({layer.level for layer in layers}):
+    levels = sorted({layer.level for layer in layers})
+    for li, level in enumerate(levels):
         todo = [layer for layer in layers if layer.level == level]
+        say(len(report), len(layers), f"reconstruct: level {li + 1}/{len(levels)}, reading the data for "
+                                      f"{len(todo)} layer{'s' if len(todo) > 1 else ''}")
         for layer in todo:
             layer.start()
         sess = _instrumented(out, [layer.x for layer in todo])
         offset = 0
         for batch in batches:
-            n = len(next(iter(batch.values())))
-            ys = orig_sess.run([layer.y for layer in todo], batch)
-            xs = sess.run([layer.x for layer in todo], batch)
+            n = samples_of(batch)
+            ys = run_feed(orig_sess, [layer.y for layer in todo], batch, "the calibration data")
+            xs = run_feed(sess, [layer.x for layer in todo], batch, "the calibration data")
             held = (np.arange(offset, offset + n) % HELD_OUT_EVERY) == HELD_OUT_EVERY - 1
             offset += n
             for layer, x, y in zip(todo, xs, ys):
@@ -430,15 +437,30 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
                 layer.train.add(xr[~h], yr[~h])
                 layer.held.add(xr[h], yr[h])
         for layer in todo:
+            say(len(report), len(layers), f"reconstruct: refit {layer.node.op_type} '{layer.name}' "
+                                          f"({layer.features} x {layer.outputs})")
             report[layer.name] = _refit(layer, w, opts, rec)
+    if layers:
+        say(len(layers), len(layers), "reconstruct: done")
     rec.stats["reconstruct"] = {
         "layers": report,
         "refit": sum(r["accepted"] for r in report.values()),
-        "samples": sum(len(next(iter(b.values()))) for b in batches),
+        "samples": sum(samples_of(b) for b in batches),
         "levels": len({layer.level for layer in layers}),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return out
+
+
+def _as_feeds(batches, model: onnx.ModelProto) -> list[Feed]:
+    """Model runs (data.feeds: fixed batch, batch axes, consts) from a Dataset, Feeds, or plain
+    sample-first batches (laid out for `model`)."""
+    if hasattr(batches, "batches"):
+        return list(feeds(batches, 64, None, model))
+    batches = list(batches)
+    if all(isinstance(b, Feed) for b in batches):
+        return batches
+    return list(feeds(Dataset(batches, None, "calibration"), 64, None, model))
 
 
 def _refit(layer: Layer, w: Weights, opts: Reconstruction, rec: PassRecord) -> dict:

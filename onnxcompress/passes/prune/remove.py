@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import onnx
 
 from ...errors import OnnxCompressError
 from ...io import is_big
-from ...stats import count_macs, count_params
+from ...stats import count_params, macs_or_none
 from ..base import PassRecord
 from . import channelwise, layers, structure  # noqa: F401 - importing them registers their handlers
 from .graph import ChannelContext, GraphIndex, materialize_constants, node_inputs
@@ -151,43 +152,67 @@ def remove_channels(model: onnx.ModelProto, exact: bool = True, name: str = "pru
 
 
 INTERNAL = "channel pruning failed on this graph, the model is left unchanged"
+MacCounter = Callable[[onnx.ModelProto], Optional[int]]  # per-sample MACs, None when shapes need data
 
 
-def unchanged(model: onnx.ModelProto, name: str, error: str) -> Removal:
+def own_macs(model: onnx.ModelProto) -> Optional[int]:
+    """MACs from the model's own shapes; None for dynamic spatial/sequence dims (prune_model measures them
+    on the calibration data or the given input shapes instead)."""
+    return macs_or_none(model)[0]
+
+
+def reasons_summary(reasons: Iterable[tuple[str, str]]) -> list[dict]:
+    """Kept groups counted by reason: [{"reason", "groups", "nodes", "ops"}], most groups first. `reasons`
+    has one (target, reason) per kept group; a target is "Op 'name'", "graph output 'y'", "tensor 't'"."""
+    groups: Counter = Counter()
+    targets: dict[str, set] = {}
+    for target, reason in reasons:
+        groups[reason] += 1
+        targets.setdefault(reason, set()).add(target)
+    out = []
+    for reason, n in groups.most_common():
+        ops = Counter(t.split(" '")[0] for t in targets[reason])
+        out.append({"reason": reason, "groups": n, "nodes": len(targets[reason]), "ops": dict(ops.most_common())})
+    return out
+
+
+def unchanged(model: onnx.ModelProto, name: str, error: str, macs: MacCounter = own_macs) -> Removal:
     """The safety net of issue #3: a structure the handlers get wrong must not crash the tool or corrupt
     the model. The failure is recorded as a skip (the tests fail on it: it is a bug to fix)."""
     rec = PassRecord(name)
     rec.skip("channel pruning", f"{INTERNAL}: {error}")
     rec.stats["params_before"] = rec.stats["params_after"] = count_params(model)
-    rec.stats["macs_before"] = rec.stats["macs_after"] = count_macs(model)[0]
+    rec.stats["macs_before"] = rec.stats["macs_after"] = macs(model)
     rec.stats["groups_removed"] = 0
     m = onnx.ModelProto()
     m.CopyFrom(model)  # a copy, as on success: callers may edit it
     return Removal(m, rec)
 
 
-def removal(model: onnx.ModelProto, exact: bool = True, name: str = "prune") -> Removal:
-    """remove_channels, also returning which channel positions each changed tensor kept."""
+def removal(model: onnx.ModelProto, exact: bool = True, name: str = "prune", macs: MacCounter = own_macs) -> Removal:
+    """remove_channels, also returning which channel positions each changed tensor kept. `macs` counts
+    the MACs before and after."""
     try:
-        return _removal(model, exact, name)
+        return _removal(model, exact, name, macs)
     except OnnxCompressError:
         raise
     except Exception as exc:  # noqa: BLE001 - see `unchanged`
-        return unchanged(model, name, f"{type(exc).__name__}: {exc}")
+        return unchanged(model, name, f"{type(exc).__name__}: {exc}", macs)
 
 
-def _removal(model: onnx.ModelProto, exact: bool, name: str) -> Removal:
+def _removal(model: onnx.ModelProto, exact: bool, name: str, macs: MacCounter) -> Removal:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     rec = PassRecord(name)
     rec.stats["params_before"] = count_params(model)
-    rec.stats["macs_before"] = count_macs(model)[0]
+    rec.stats["macs_before"] = macs(model)
     ctx = analyze(m, exact)
     removable, reasons = dead_groups(ctx)
     all_roots = {ctx.find(i) for i in range(len(ctx.parent))}
     rec.stats["groups_total"] = len(all_roots)
     rec.stats["groups_removed"] = len(removable)
     rec.stats["groups_blocked"] = len(reasons)
+    rec.stats["kept_by_reason"] = reasons_summary(reasons.values())
     for (target, reason), n in Counter(reasons.values()).most_common():
         rec.skip(target, f"{reason} ({n} channel{'s' if n > 1 else ''})")
     kept: dict[str, np.ndarray] = {}
@@ -196,5 +221,5 @@ def _removal(model: onnx.ModelProto, exact: bool, name: str) -> Removal:
         if not is_big(m):  # larger models are checked from their file when loaded again
             onnx.checker.check_model(m)
     rec.stats["params_after"] = count_params(m)
-    rec.stats["macs_after"] = count_macs(m)[0]
+    rec.stats["macs_after"] = macs(m)
     return Removal(m, rec, kept)

@@ -8,6 +8,7 @@ a better approximation than dropping it (it is the channel's output for a zero i
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from typing import Callable, Optional
 
 import numpy as np
 import onnx
@@ -15,7 +16,10 @@ import onnx
 from ...errors import OnnxCompressError
 from ..base import PassRecord
 from .graph import ChannelContext
-from .remove import INTERNAL, Removal, analyze, dead_groups, removal, resolve_conflicts, unchanged
+from .remove import (INTERNAL, MacCounter, Removal, analyze, dead_groups, own_macs, reasons_summary, removal,
+                     resolve_conflicts, unchanged)
+
+Progress = Optional[Callable[[int, int, str], None]]  # (done, total, what)
 
 
 def _rows(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
@@ -107,21 +111,29 @@ def structured_prune(model: onnx.ModelProto, ratio: float, criterion: str = "l2"
 
 
 def structured_removal(model: onnx.ModelProto, ratio: float, criterion: str = "l2", scope: str = "global",
-                       align: int = 8, min_channels: int = 8) -> Removal:
-    """structured_prune, also returning which channel positions each changed tensor kept."""
+                       align: int = 8, min_channels: int = 8, macs: MacCounter = own_macs,
+                       progress: Progress = None) -> Removal:
+    """structured_prune, also returning which channel positions each changed tensor kept. `macs` counts
+    MACs before and after; `progress(done, total, what)` is told each step (analysis, scoring, removal)."""
     try:
-        return _structured_removal(model, ratio, criterion, scope, align, min_channels)
+        return _structured_removal(model, ratio, criterion, scope, align, min_channels, macs, progress or _quiet)
     except OnnxCompressError:
         raise
     except Exception as exc:  # noqa: BLE001 - the safety net of remove.unchanged
-        return unchanged(model, "prune", f"{type(exc).__name__}: {exc}")
+        return unchanged(model, "prune", f"{type(exc).__name__}: {exc}", macs)
+
+
+def _quiet(done: int, total: int, what: str) -> None:
+    pass
 
 
 def _structured_removal(model: onnx.ModelProto, ratio: float, criterion: str, scope: str, align: int,
-                        min_channels: int) -> Removal:
+                        min_channels: int, macs: MacCounter, progress: Callable[[int, int, str], None]) -> Removal:
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    progress(0, 3, f"analysing channel groups of {len(m.graph.node)} nodes")
     ctx = analyze(m, exact=False)
+    progress(1, 3, f"scoring {len(ctx.producers)} layers ({criterion}, {scope})")
     chosen, summary = select(ctx, ratio, criterion, scope, align, min_channels)
     dead, _ = dead_groups(ctx)  # removed with the chosen ones: conflicts depend on the whole set
     refused = chosen - resolve_conflicts(ctx, dead | chosen)
@@ -130,12 +142,14 @@ def _structured_removal(model: onnx.ModelProto, ratio: float, criterion: str, sc
         rows = np.isin(ctx.roots(ids), list(chosen))
         if rows.any():
             ctx.index.set_const(wname, _zero_rows(node, ctx.index.const(wname), rows))
-    result = removal(m, exact=False)
+    progress(2, 3, f"removing {len(chosen)} channel groups")
+    result = removal(m, exact=False, macs=macs)
     rec = result.record
     failed = next((s for s in rec.skipped if s.reason.startswith(INTERNAL)), None)
     if failed is not None:  # not the zeroed-but-kept model: the input as it was
-        return unchanged(model, "prune", failed.reason[len(INTERNAL) + 2:])
+        return unchanged(model, "prune", failed.reason[len(INTERNAL) + 2:], macs)
     why = {ctx.find(i): reason for i, reason in ctx.blocked.items()}
+    rec.stats["selected_but_kept"] = reasons_summary(why[r] for r in refused)
     for (target, reason), n in Counter(why[r] for r in refused).most_common():
         rec.skip(target, f"{reason} ({n} selected channel{'s' if n > 1 else ''} kept)")
     rec.stats["ratio"] = ratio
