@@ -129,6 +129,9 @@ class QuantConfig:
     metric: str = "auto"  # "auto" (top1 with labels, else agreement) | "top1" | "agreement" | "cosine"
     fallback_seconds: float = 600.0
     fallback_layers: int = 16
+    # batch-1 FP32 vs int8 timing after quantizing (seconds, interleaved, one thread): layers ORT runs slower in
+    # int8 are kept FP32, and a model still slower than FP32 is reported; 0 = off
+    speed_check_seconds: float = 3.0
 
     def validate(self) -> None:
         _choice("mode", self.mode, ("static", "dynamic", "auto"))
@@ -139,6 +142,8 @@ class QuantConfig:
             raise ConfigError("smooth_quant (alpha) must be between 0 and 1, e.g. 0.5")
         if self.fallback_seconds <= 0 or self.fallback_layers < 0:
             raise ConfigError("fallback_seconds must be > 0 and fallback_layers >= 0")
+        if self.speed_check_seconds < 0:
+            raise ConfigError(f"speed_check_seconds {self.speed_check_seconds} is out of range; use seconds >= 0 (0 = off)")
         _choice("calibration", self.calibration, ("minmax", "percentile", "entropy"))
         _choice("activation_type", self.activation_type, ("auto", "uint8", "int8"))
         _choice("weight_type", self.weight_type, ("int8", "uint8"))

@@ -34,6 +34,10 @@ def _quant_options(fn):
         click.option("--fallback-seconds", type=float, default=QuantConfig.fallback_seconds, show_default=True),
         click.option("--fallback-layers", type=int, default=QuantConfig.fallback_layers, show_default=True,
                      help="Most layers tried in FP32 by the fallback search."),
+        click.option("--speed-check", "speed_check_seconds", type=float, default=QuantConfig.speed_check_seconds,
+                     show_default=True, metavar="SECONDS",
+                     help="Time FP32 vs int8 at batch 1 after quantizing: layers slower in int8 are kept FP32, and a "
+                          "model still slower than FP32 gets a warning; 0 = off."),
     ]):
         fn = opt(fn)
     return fn
@@ -52,7 +56,8 @@ def parse_drop(text: Optional[str]) -> tuple[Optional[float], bool]:
 
 
 def _quant_config(mode, target, calibration_method, per_tensor, activation_type, samples, exclude, op_types,
-                  equalize, bias_correction, smooth_quant, max_drop, metric, fallback_seconds, fallback_layers) -> QuantConfig:
+                  equalize, bias_correction, smooth_quant, max_drop, metric, fallback_seconds, fallback_layers,
+                  speed_check_seconds=QuantConfig.speed_check_seconds) -> QuantConfig:
     drop, rel = parse_drop(max_drop)
     base = QuantConfig()
     cfg = QuantConfig(mode=mode, target=target, calibration=calibration_method, per_channel=not per_tensor,
@@ -60,7 +65,8 @@ def _quant_config(mode, target, calibration_method, per_tensor, activation_type,
                       op_types=tuple(op_types), equalize=base.equalize if equalize is None else equalize,
                       bias_correction=base.bias_correction if bias_correction is None else bias_correction,
                       smooth_quant=smooth_quant, max_drop=drop, max_drop_relative=rel, metric=metric,
-                      fallback_seconds=fallback_seconds, fallback_layers=fallback_layers)
+                      fallback_seconds=fallback_seconds, fallback_layers=fallback_layers,
+                      speed_check_seconds=speed_check_seconds)
     cfg.validate()
     return cfg
 
@@ -68,6 +74,9 @@ def _quant_config(mode, target, calibration_method, per_tensor, activation_type,
 def _summary(out, rec: dict) -> str:
     st = rec["stats"]
     text = f"wrote {out} ({st['mode']}, {st['target']['why']})"
+    text += "".join(f"\nnote: {n}" for n in st.get("notes", []))
+    if st.get("op_types", {}).get("regions"):
+        text += f"\nper region: {st['op_types']['why']}"
     fusion = st.get("fusion", {})
     if fusion:
         text += "\n" + fusion_line(fusion)
@@ -79,6 +88,15 @@ def _summary(out, rec: dict) -> str:
                  f"({fb['stopped']}, {fb['seconds']} s)")
     if "auto" in st:
         text += f"\nauto: {st['auto']['why']}"
+        text += "".join(f"\nauto: {s['mode']} skipped: {s['why']}" for s in st["auto"].get("skipped", []))
+    speed = st.get("speed")
+    if speed:
+        kept = speed.get("kept_fp32_for_speed", [])
+        text += (f"\nspeed: {speed['speedup']:.2f}x FP32 at batch 1 ({speed['int8_ms']:.3f} ms vs {speed['fp32_ms']:.3f} ms)"
+                 + (f"; kept FP32 for speed: {', '.join(kept[:5])}" + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
+                    if kept else ""))
+        if speed.get("slower"):
+            text += f"\nwarning: {speed['warning']}"
     return text
 
 
@@ -124,7 +142,7 @@ def quantize_cmd(model, output, calibration, validation, require_fusion, as_json
                                  f"on int8 kernels < required {100 * require_fusion:.1f}%; see the float islands above")
     fb = d["stats"].get("fallback")
     auto = d["stats"].get("auto", {})
-    if cfg.max_drop is not None and auto.get("candidates") and not any(c["fits"] for c in auto["candidates"]):
+    if cfg.max_drop is not None and auto.get("candidates") and not any(c["within_budget"] for c in auto["candidates"]):
         raise AccuracyRegression(f"accuracy gate failed: {auto['why']}; best model written to {out}")
     if fb and not fb["fits"] and cfg.mode == "static":
         raise AccuracyRegression(f"accuracy gate failed: {fb['metric']} drop {fb['drop']:.3f} > budget {fb['budget']:.3f} "

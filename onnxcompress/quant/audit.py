@@ -101,3 +101,89 @@ def _quantized_nodes(model: onnx.ModelProto, compute: list) -> set[int]:
         return n.op_type in passthrough and from_dq(n.input[0], depth + 1)
 
     return {id(n) for n in compute if n.op_type in INT8_KERNELS or any(from_dq(i) for i in n.input if i)}
+
+
+def _is_int8_op(op: str) -> bool:
+    return op in INT8_KERNELS or op.startswith("QLinear")
+
+
+def slow_layers(model: onnx.ModelProto, feed: dict, runs: int = 20) -> list[dict[str, Any]]:
+    """Quantized nodes that ORT likely runs slower than in FP32, from a per-node profile at batch 1 on
+    one thread: float islands (Q/DQ but a float kernel: pure overhead), and int8 kernels whose run-time
+    QuantizeLinear/DequantizeLinear (not fused away: the neighbours are float) take longer than the kernel
+    itself. Candidates only: the caller keeps them FP32 and re-measures. (ORT's profiler gives per-node
+    times of its optimized graph; nothing in ORT maps them back to the layers of the QDQ model.)"""
+    import json
+    import os
+
+    import onnxruntime as ort
+
+    names = {n.name for n in model.graph.node if n.name}
+    with tempfile.TemporaryDirectory(prefix="onnxcompress-prof-") as d:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(d) / "prof")
+        opts.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            sess.run(None, feed)
+        trace = sess.end_profiling()
+        events = json.loads(Path(trace).read_text())
+        optimized = onnx.load(str(Path(d) / "opt.onnx"))
+        os.unlink(trace)
+    times: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            key = e["name"][: -len("_kernel_time")]
+            times[key] = times.get(key, 0.0) + e.get("dur", 0) / runs
+    nodes = list(optimized.graph.node)
+    prod = {o: n for n in nodes for o in n.output}
+    cons: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            cons.setdefault(i, []).append(n)
+
+    def owner(n) -> Optional[str]:  # the QDQ-model layer an optimized node came from
+        name = n.name
+        for suffix in ("_quant",):
+            name = name[: -len(suffix)] if name.endswith(suffix) else name
+        if "_token_" in name:
+            name = name[: name.rindex("_token_")]
+        return name if name in names else None
+
+    cost: dict[str, dict[str, float]] = {}
+    for n in nodes:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            peers = cons.get(n.output[0], []) if n.op_type == "QuantizeLinear" else [prod.get(n.input[0])]
+            if n.op_type == "DequantizeLinear" and (peers[0] is None or not _is_int8_op(peers[0].op_type)):
+                peers = cons.get(n.output[0], [])  # DQ feeding a float op: overhead of that op
+            if n.op_type == "QuantizeLinear" and not any(_is_int8_op(p.op_type) for p in peers):
+                peers = [prod.get(n.input[0])]  # Q after a float op (an island): overhead of that op
+            peers = [p for p in peers if p is not None and owner(p)]
+            for p in peers:
+                c = cost.setdefault(owner(p), {"kernel_us": 0.0, "qdq_us": 0.0, "kernel": p.op_type})
+                c["qdq_us"] += times.get(n.name, 0.0) / len(peers)
+        elif owner(n):
+            c = cost.setdefault(owner(n), {"kernel_us": 0.0, "qdq_us": 0.0, "kernel": n.op_type})
+            c["kernel_us"] += times.get(n.name, 0.0)
+            c["kernel"] = n.op_type
+    fusion = audit(model)
+    islands = {r["node"] for r in fusion.get("float_islands", [])}
+    for r in fusion.get("float_islands", []):  # renamed by ORT beyond recognition: still an island
+        cost.setdefault(r["node"], {"kernel_us": 0.0, "qdq_us": 0.0, "kernel": r["kernel"]})
+    ops = {n.name: n.op_type for n in model.graph.node}
+    out = []
+    for name, c in cost.items():
+        if name in islands:
+            why = f"float island: Q/DQ around a float {c['kernel']} kernel ({c['qdq_us']:.0f} us of Q/DQ per run)"
+        elif _is_int8_op(c["kernel"]) and c["qdq_us"] > c["kernel_us"] > 0:
+            why = (f"Q/DQ overhead dominates: {c['qdq_us']:.0f} us of run-time Q/DQ for a {c['kernel_us']:.0f} us "
+                   f"{c['kernel']} kernel")
+        else:
+            continue
+        out.append({"node": name, "op": ops.get(name, "?"), "kernel": c["kernel"], "kernel_us": round(c["kernel_us"], 1),
+                    "qdq_us": round(c["qdq_us"], 1), "why": why})
+    out.sort(key=lambda r: -(r["qdq_us"] - r["kernel_us"]))
+    return out

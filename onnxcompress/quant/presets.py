@@ -1,34 +1,52 @@
-"""Model-family defaults: what to quantize when the user does not say.
+"""Model-family defaults: what to quantize when the user does not say, chosen per region of the graph.
 
 Measured here (benchmarks/bench_quant.py, section 5): on encoders built from torch.nn.TransformerEncoder,
 quantizing only the MatMul/Gemm projections (LayerNorm, Softmax, GELU/Erf and residual Adds stay
 float) is both more accurate and at least as fast as quantizing every op ORT can: each extra Q/DQ
 pair around LayerNorm, Softmax or an Add costs a requantization and adds rounding where the
 activation ranges are widest. CNNs keep ORT's full op set (pools, Adds and Concats fuse into int8).
+A hybrid (conv backbone + transformer encoder, e.g. an OCR recognizer) gets both: every node is given
+to the region of its nearest anchor (Conv -> CNN; LayerNorm, Softmax, GELU/Erf, MatMul -> transformer).
 """
 from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
 
 import onnx
 
 TRANSFORMER_OPS = ("MatMul", "Gemm")
+CNN_ANCHORS = {"Conv", "ConvTranspose"}
+TRANSFORMER_ANCHORS = {"LayerNormalization", "SimplifiedLayerNormalization", "Softmax", "Erf", "Gelu", "MatMul"}
+
+
+@dataclass
+class OpPlan:
+    """What ORT is asked to quantize. `op_types` empty = every op it can, minus `float_nodes`."""
+
+    op_types: tuple[str, ...]
+    why: str
+    family: str
+    attention: tuple[str, ...] = ()  # attention MatMuls: kept FP32 by default (excluded, inputs rewired to float)
+    float_nodes: tuple[str, ...] = ()  # transformer-region nodes of a hybrid that ORT must leave float
+    regions: dict[str, int] = field(default_factory=dict)  # nodes per region (hybrids)
 
 
 def model_family(model: onnx.ModelProto) -> str:
     """'transformer' when the graph has attention (Softmax fed by a MatMul) or LayerNorm with MatMuls;
-    'cnn' when it has Conv; otherwise 'other'."""
+    'hybrid' when it also has Conv; 'cnn' when it has Conv only; otherwise 'other'."""
     ops = {n.op_type for n in model.graph.node}
-    prod = {o: n.op_type for n in model.graph.node for o in n.output}
-    attention = any(n.op_type == "Softmax" and _from(prod, model, n.input[0], "MatMul") for n in model.graph.node)
+    by_out = {o: n for n in model.graph.node for o in n.output}
+    attention = any(n.op_type == "Softmax" and _from(by_out, n.input[0], "MatMul") for n in model.graph.node)
     if attention or ("MatMul" in ops and ({"LayerNormalization", "SimplifiedLayerNormalization"} & ops)):
-        return "transformer"
+        return "hybrid" if ops & CNN_ANCHORS else "transformer"
     if "Conv" in ops:
         return "cnn"
     return "other"
 
 
-def _from(prod: dict[str, str], model: onnx.ModelProto, tensor: str, op: str, depth: int = 4) -> bool:
+def _from(by_out: dict[str, onnx.NodeProto], tensor: str, op: str, depth: int = 4) -> bool:
     """Is `tensor` produced by `op` within `depth` elementwise steps (scale Div/Mul, mask Add)?"""
-    by_out = {o: n for n in model.graph.node for o in n.output}
     for _ in range(depth):
         node = by_out.get(tensor)
         if node is None:
@@ -51,13 +69,59 @@ def attention_matmuls(model: onnx.ModelProto) -> tuple[str, ...]:
                  if n.op_type == "MatMul" and n.name and not any(i in consts for i in n.input))
 
 
-def default_op_types(model: onnx.ModelProto, requested: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
-    """The op types to quantize and why (empty tuple = every op ORT can quantize)."""
-    if requested:
-        return tuple(requested), f"--op-types {', '.join(requested)}"
+def regions(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> 'cnn' | 'transformer': the region of its nearest anchor, counted in graph hops
+    (producer and consumer edges alike). A tie goes to 'transformer' (the float choice)."""
+    nodes = [n for n in model.graph.node if n.name]
+    cons: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            cons.setdefault(t, []).append(i)
+    prod = {o: i for i, n in enumerate(nodes) for o in n.output}
+    adj = [[prod[t] for t in n.input if t in prod] + [j for o in n.output for j in cons.get(o, [])] for n in nodes]
+    label: dict[int, tuple[int, str]] = {}
+    queue: deque[int] = deque()
+    for i, n in enumerate(nodes):  # transformer anchors first: at equal distance they win
+        if n.op_type in TRANSFORMER_ANCHORS:
+            label[i] = (0, "transformer")
+            queue.append(i)
+    for i, n in enumerate(nodes):
+        if n.op_type in CNN_ANCHORS:
+            label[i] = (0, "cnn")
+            queue.append(i)
+    while queue:  # multi-source BFS: first come (shortest distance, transformer first on ties) wins
+        i = queue.popleft()
+        d, r = label[i]
+        for j in adj[i]:
+            if j not in label:
+                label[j] = (d + 1, r)
+                queue.append(j)
+    return {nodes[i].name: label[i][1] if i in label else "cnn" for i in range(len(nodes))}
+
+
+def default_plan(model: onnx.ModelProto, requested: tuple[str, ...]) -> OpPlan:
+    """The op types (or, in a hybrid, the nodes) to quantize, and why."""
     family = model_family(model)
+    if requested:
+        return OpPlan(tuple(requested), f"--op-types {', '.join(requested)}", family)
     if family == "transformer":
-        return TRANSFORMER_OPS, ("transformer detected (attention/LayerNorm): only MatMul/Gemm with constant weights "
-                                 "quantized; attention MatMuls, LayerNorm, Softmax, GELU/Erf and residual Adds stay FP32 "
-                                 "(more accurate and faster, measured)")
-    return (), f"{family} model: every op ONNX Runtime can quantize"
+        return OpPlan(TRANSFORMER_OPS, "transformer detected (attention/LayerNorm): only MatMul/Gemm with constant "
+                      "weights quantized; attention MatMuls, LayerNorm, Softmax, GELU/Erf and residual Adds stay FP32 "
+                      "(more accurate and faster, measured)", family, attention_matmuls(model))
+    if family == "hybrid":
+        region = regions(model)
+        attention = attention_matmuls(model)
+        float_nodes = tuple(n.name for n in model.graph.node
+                            if n.name and region.get(n.name) == "transformer" and n.op_type not in TRANSFORMER_OPS)
+        counts = {r: sum(1 for v in region.values() if v == r) for r in ("cnn", "transformer")}
+        return OpPlan((), f"CNN + transformer detected: the conv region ({counts['cnn']} nodes) quantized as a CNN "
+                      f"(every op ONNX Runtime can); in the transformer region ({counts['transformer']} nodes) only "
+                      "MatMul/Gemm with constant weights, attention MatMuls, LayerNorm, Softmax, GELU/Erf and residual "
+                      "Adds stay FP32", family, attention, float_nodes, counts)
+    return OpPlan((), f"{family} model: every op ONNX Runtime can quantize", family)
+
+
+def default_op_types(model: onnx.ModelProto, requested: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+    """The op types to quantize and why (empty tuple = every op ORT can quantize, see default_plan for hybrids)."""
+    plan = default_plan(model, requested)
+    return plan.op_types, plan.why

@@ -7,6 +7,7 @@ in FP32 (ORT leaves their inputs quantized), and refuse non-finite scales.
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +25,13 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from ..data import Dataset
-from ..errors import InputError
+from ..data import Dataset, feeds
+from ..errors import InputError, InternalError
 from ..io import is_big, save_model
 from ..passes.base import PassRecord
 from .audit import audit
 from .calibrate import CalibrationResult, calibrate
-from .presets import TRANSFORMER_OPS, attention_matmuls, default_op_types
+from .presets import default_plan
 from .target import TargetChoice, choose
 
 _QTYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -50,15 +51,49 @@ class Prepared:
     op_types: tuple[str, ...] = ()  # what ORT quantizes (empty = all it can)
     op_types_why: str = ""
     auto_exclude: tuple[str, ...] = ()  # kept FP32 by the model-family defaults (attention MatMuls)
+    float_nodes: tuple[str, ...] = ()  # a hybrid's transformer-region nodes ORT leaves float (besides auto_exclude)
+    regions: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # settings chosen for the user, with the reason
     calibration: Optional[CalibrationResult] = None
     records: list[PassRecord] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _preprocess(model: onnx.ModelProto, tmp: Path) -> tuple[Path, bool]:
+def quantized_kind(model: onnx.ModelProto) -> Optional[str]:
+    """What quantization a model already has, in words, or None (the front door's check)."""
+    from ..frontdoor import quantized_kind as found
+
+    return found(model)
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    from ..io import model_opset
+
+    return model_opset(model) or 1
+
+
+def check_quantizable(model: onnx.ModelProto) -> None:
+    """Refuse, in one line, models quantize cannot take: already quantized, or below opset 10."""
+    kind = quantized_kind(model)
+    if kind:
+        raise InputError(f"model is already quantized: {kind}; quantize the FP32 original instead, "
+                         "or use inspect/validate/bench on it")
+    opset = opset_of(model)
+    if opset < 10:
+        raise InputError(f"model opset {opset} is below 10, where QuantizeLinear/DequantizeLinear first exist; "
+                         "re-export it at opset 13 or later")
+
+
+def _preprocess(model: onnx.ModelProto, tmp: Path, notes: list[str]) -> tuple[Path, bool]:
     src, dst = tmp / "in.onnx", tmp / "pre.onnx"
     save_model(model, src)  # onnx.save_model would move the caller's tensors to external data
     if is_big(model):  # ORT's pre-processing re-optimizes and rewrites 2+ GB (~30 s here): simplify/prune already ran
+        return src, False
+    if opset_of(model) < 11:
+        # ORT's pre-processing converts opset 10 to 11 with onnx.version_converter, whose Resize adapter
+        # is not exact (measured: max error 1.25 on a 4x4 linear upsample): the model is quantized as it is
+        notes.append("opset 10: ORT's pre-processing (BN folding, conversion to opset 11) skipped: its opset "
+                     "conversion changes Resize results; re-export at opset 13 or later (per-channel weights, BN folding)")
         return src, False
     quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
     return dst, True
@@ -66,15 +101,24 @@ def _preprocess(model: onnx.ModelProto, tmp: Path) -> tuple[Path, bool]:
 
 def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, workdir: Path) -> Prepared:
     """Pre-process, apply the FP32 accuracy passes and calibrate (static). `workdir` must outlive the result."""
+    check_quantizable(model)
     choice = choose(config.target, config.activation_type, config.weight_type, config.reduce_range, config.per_channel)
+    notes = []
+    opset = opset_of(model)
+    if opset < 13 and choice.per_channel:  # DequantizeLinear's `axis` is opset 13: ORT would write it anyway
+        why = (f"per-tensor weights: the model is opset {opset}, and per-channel DequantizeLinear (its 'axis') needs "
+               "opset 13; re-export at opset 13 or later for per-channel weights")
+        choice = dataclasses.replace(choice, per_channel=False, why=f"{choice.why}; {why}")
+        notes.append(why)
     mode = ("static" if calibration is not None else "dynamic") if config.mode == "auto" else config.mode
-    pre_path, done = _preprocess(model, workdir)
+    pre_path, done = _preprocess(model, workdir, notes)
     big = is_big(model)
     prep = Prepared(onnx.load(str(pre_path), load_external_data=not big), pre_path if big else None, choice, mode)
-    prep.op_types, prep.op_types_why = default_op_types(prep.model, tuple(config.op_types))
-    if prep.op_types == TRANSFORMER_OPS and not config.op_types:
-        prep.auto_exclude = attention_matmuls(prep.model)
-    if not done:
+    prep.notes = notes
+    plan = default_plan(prep.model, tuple(config.op_types))
+    prep.op_types, prep.op_types_why, prep.auto_exclude = plan.op_types, plan.why, plan.attention
+    prep.float_nodes, prep.regions = plan.float_nodes, plan.regions
+    if not done and big:
         prep.skipped.append(("pre-process", "model over 2 GB: ORT's quant_pre_process (BN folding, shape inference) skipped"))
     if mode == "dynamic":
         return prep
@@ -83,7 +127,7 @@ def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, work
     n = min(len(calibration), config.calibration_samples)
     if not big:
         prep.model = _fp32_passes(prep, calibration, config, n)
-    prep.calibration = calibrate(prep.model, calibration.batches(config.batch_size, n), config.calibration,
+    prep.calibration = calibrate(prep.model, feeds(calibration, config.batch_size, n, prep.model), config.calibration,
                                  config.percentile, model_path=prep.path)
     return prep
 
@@ -109,10 +153,15 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
     rec = PassRecord("quantize")
     rec.stats["target"] = prep.choice.to_dict()
     rec.stats["mode"] = prep.mode
-    rec.stats["op_types"] = {"quantized": list(prep.op_types) or "all", "why": prep.op_types_why,
-                             "kept_fp32_by_default": list(prep.auto_exclude)}
+    rec.stats["op_types"] = {"quantized": list(prep.op_types) or ("per region" if prep.regions else "all"),
+                             "why": prep.op_types_why, "kept_fp32_by_default": list(prep.auto_exclude)}
+    if prep.regions:
+        rec.stats["op_types"]["regions"] = dict(prep.regions)
+    rec.stats["notes"] = list(prep.notes)
     for target, reason in prep.skipped:
         rec.skip(target, reason)
+    for note in prep.notes:
+        rec.skip("settings", note)
     excluded = tuple(dict.fromkeys(tuple(config.exclude) + tuple(exclude)))
     everything_fp32 = tuple(dict.fromkeys(excluded + prep.auto_exclude))
     big = prep.path is not None
@@ -122,7 +171,8 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
     out = workdir / "q.onnx"
     common = dict(per_channel=prep.choice.per_channel, reduce_range=prep.choice.reduce_range,
                   weight_type=_QTYPES[prep.choice.weight_type], use_external_data_format=big,
-                  op_types_to_quantize=list(prep.op_types) or None, nodes_to_exclude=list(everything_fp32) or None)
+                  op_types_to_quantize=list(prep.op_types) or None,
+                  nodes_to_exclude=list(dict.fromkeys(everything_fp32 + prep.float_nodes)) or None)
     if prep.mode == "dynamic":
         quantize_dynamic(str(src), str(out), **common)
     else:
@@ -139,15 +189,18 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
             # QuantizeBias=False: ORT still fuses into QLinearConv (it quantizes the float bias at
             # session init; measured: same kernels, same latency), the file loses the per-channel
             # bias scales and DequantizeLinear nodes (-5% on the bundled model), and the bias is exact.
-            extra_options={"QuantizeBias": False},
+            # (below opset 11 ORT's session-init bias quantization inserts Round, an opset-11 op: the model
+            # would not load; there ORT's quantizer quantizes the bias itself)
+            extra_options={"QuantizeBias": opset_of(prep.model) < 11},
             **common,
         )
     qmodel = onnx.load(str(out))
     # ops outside op_types read a tensor's shared DequantizeLinear when another consumer is quantized
     # (a LayerNorm output feeding both a projection and the residual Add): give them the float tensor
     # (data-movement ops keep the DequantizeLinear: ORT moves Q/DQ across them to reach the int8 op)
-    unquantized = tuple(n.name for n in qmodel.graph.node if prep.op_types and n.name and
-                        n.op_type not in prep.op_types and n.op_type not in _KEEP_DQ)
+    float_nodes = set(prep.float_nodes)
+    unquantized = tuple(n.name for n in qmodel.graph.node if n.name and n.op_type not in _KEEP_DQ and (
+        (prep.op_types and n.op_type not in prep.op_types) or n.name in float_nodes))
     if (everything_fp32 or unquantized) and prep.mode == "static":
         rec.stats["float_inputs_restored"], left = keep_fp32(qmodel, prep.model, everything_fp32 + unquantized)
         for why in left:
@@ -173,6 +226,11 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
 def _finish(qmodel: onnx.ModelProto, rec: PassRecord, excluded: tuple[str, ...]) -> None:
     check_finite_scales(qmodel)
     if not is_big(qmodel):
+        try:  # an attribute the opset does not allow (per-channel axis below 13) is caught here, before any write
+            onnx.checker.check_model(qmodel)
+        except onnx.checker.ValidationError as exc:
+            raise InternalError(f"quantize produced an invalid model: {str(exc).strip().splitlines()[0]} "
+                                f"({_bad_node(exc)})") from None
         fusion = audit(qmodel)
         rec.stats["fusion"] = {k: fusion[k] for k in ("int8_mac_share", "fused_share", "int8_nodes", "compute_nodes")}
         rec.stats["fusion"]["float_islands"] = [f"{r['node']} ({r['op']} -> {r['kernel']})" for r in fusion["float_islands"]]
@@ -291,6 +349,13 @@ def check_finite_scales(model: onnx.ModelProto) -> None:
                     f"quantization produced a non-finite or zero scale for tensor '{node.input[0]}'; "
                     "check the calibration data for Inf/NaN or exclude that node"
                 )
+
+
+def _bad_node(exc: Exception) -> str:
+    for line in str(exc).splitlines():
+        if "Name:" in line:
+            return line.strip()
+    return "node unknown"
 
 
 def _count_q(model: onnx.ModelProto) -> dict[str, int]:

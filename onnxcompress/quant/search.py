@@ -1,24 +1,32 @@
-"""The quantize stage as users call it: plain, accuracy-gated (fallback), or auto (static vs dynamic).
+"""The quantize stage as users call it: plain, accuracy-gated (fallback), or auto (static vs dynamic),
+followed by a speed check: the int8 model is never slower than FP32 at batch 1 without the record saying so.
 
 `--mode auto` with validation data tries static int8 (with the fallback search) and dynamic int8,
 measures the drop and the batch-1 latency of each against FP32 on this machine, and keeps the fastest
-one within the budget; ORT leaves that choice to the user.
+one within the budget that is faster than FP32; ORT leaves that choice to the user. Candidates that
+cannot win are skipped up front, with the reason (dynamic int8 on conv-dominated models).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
+import numpy as np
 import onnx
 
-from ..data import Dataset
+from ..data import Dataset, example_feed
 from ..evaluate.bench import time_sessions
+from ..io import is_big
 from ..evaluate.runner import make_session
 from ..passes.base import PassRecord
 from .fallback import Budget, Evaluator, OnBest, Progress, fallback_search
-from .qdq import quantize
+from .qdq import check_quantizable, quantize
 
 AUTO_DEFAULT_DROP = 1.0  # points of the metric, when --mode auto gets no --max-drop
+CONV_DOMINATED = 0.5  # share of the compute (MACs, else weights) in Conv above which dynamic int8 cannot win
+DYNAMIC_CONV_WHY = ("ORT's dynamic int8 runs convs as ConvInteger with a run-time activation quantization "
+                    "(measured 0.09x FP32 on real ImageNet CNNs)")
+Measure = Callable[[dict], dict]  # {name: model} -> {name: median batch-1 latency in ms}
 
 
 def budget_of(config) -> Budget:
@@ -27,19 +35,41 @@ def budget_of(config) -> Budget:
 
 
 def quantize_model(model: onnx.ModelProto, calibration: Optional[Dataset], validation: Optional[Dataset], config,
-                   on_best: OnBest = None, progress: Progress = None) -> tuple[onnx.ModelProto, PassRecord]:
-    """Quantize per `config` (QuantConfig); validation data enables the budgeted search and auto mode."""
+                   on_best: OnBest = None, progress: Progress = None,
+                   measure: Optional[Measure] = None) -> tuple[onnx.ModelProto, PassRecord]:
+    """Quantize per `config` (QuantConfig); validation data enables the budgeted search and auto mode.
+    Then (config.speed_check_seconds > 0) time FP32 against int8 at batch 1: see speed_guard.
+    `measure` replaces the latency measurement (tests inject latencies)."""
+    check_quantizable(model)
     say = progress or (lambda _m: None)
+    data = validation if validation is not None else calibration
+    big = is_big(model)  # sessions from a 2+ GB proto cannot be made in memory; timing it takes minutes anyway
+    check = config.speed_check_seconds > 0 and not big
+    if measure is None:  # auto mode times its candidates even with the speed check off
+        def measure(models: dict) -> dict:
+            return _latencies(models, data if data is not None else _random(model), config.speed_check_seconds or 2.0)
+    measured = None
     if config.mode == "auto" and validation is not None:
-        return _auto(model, calibration, validation, config, say, on_best)
-    if config.mode == "auto":
+        q, rec, measured = _auto(model, calibration, validation, config, say, on_best, measure)
+    elif config.mode == "auto":
         cfg = dataclasses.replace(config, mode="static" if calibration is not None else "dynamic")
         q, rec = _gated(model, calibration, None, cfg, say, on_best)
         rec.stats["auto"] = {"chosen": cfg.mode, "why": "no validation data to compare modes: "
                              + ("static int8 (calibration data given)" if cfg.mode == "static" else
                                 "dynamic int8 (no calibration data)")}
-        return q, rec
-    return _gated(model, calibration, validation, config, say, on_best)
+    else:
+        q, rec = _gated(model, calibration, validation, config, say, on_best)
+    if check:
+        q, rec = speed_guard(model, q, rec, calibration, validation, config, measure, say, on_best, measured)
+    elif big and config.speed_check_seconds > 0:
+        rec.skip("speed", "model over 2 GB: FP32 vs int8 not timed; compare them with 'onnxcompress bench'")
+    return q, rec
+
+
+def _random(model: onnx.ModelProto) -> Dataset:
+    from ..data import input_specs, random_data
+
+    return random_data(input_specs(model), 1)
 
 
 def _gated(model, calibration, validation, config, say, on_best):
@@ -52,49 +82,194 @@ def _gated(model, calibration, validation, config, say, on_best):
     return q, rec
 
 
-def _latencies(models: dict[str, onnx.ModelProto], validation: Dataset, seconds: float = 4.0) -> dict[str, float]:
-    """Median batch-1 latency (ms), one thread, sessions timed in turn (fair on a noisy machine)."""
-    import numpy as np
-
-    feed = next(validation.batches(1))
+def _latencies(models: dict[str, onnx.ModelProto], data: Dataset, seconds: float = 4.0,
+               clear: float = 0.15) -> dict[str, float]:
+    """Median batch-1 latency (ms), one thread, sessions timed in turn (fair on a noisy machine), in
+    slices of ~0.5 s: timing stops early once every two models differ by more than `clear`
+    (a 2x or 0.5x result needs no more rounds), else at `seconds`."""
+    feed = example_feed(data, 1, next(iter(models.values())))
     sessions = {k: make_session(m, threads=1, spinning=False) for k, m in models.items()}
-    timings = time_sessions(sessions, {k: feed for k in sessions}, warmup=5, time_budget=seconds)
-    return {k: float(np.median(t.times_ms)) for k, t in timings.items()}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    spent, warmup = 0.0, 5
+    while True:
+        step = min(0.5, max(seconds - spent, 0.05))
+        for k, t in time_sessions(sessions, {k: feed for k in sessions}, warmup=warmup, time_budget=step).items():
+            times[k] += t.times_ms
+        spent, warmup = spent + step, 0
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        vals = list(med.values())
+        if spent >= seconds or all(abs(a / b - 1.0) > clear for i, a in enumerate(vals) for b in vals[i + 1:]):
+            return med
 
 
-def _auto(model, calibration, validation, config, say, on_best):
+def conv_share(model: onnx.ModelProto) -> tuple[float, str]:
+    """Share of the compute in Conv/ConvTranspose: of the MACs when shapes give them, else of the weights."""
+    from ..stats import node_macs
+
+    ops = {n.name or n.output[0]: n.op_type for n in model.graph.node}
+    try:
+        macs, unknown = node_macs(model)
+    except Exception:  # noqa: BLE001 - shape inference on third-party graphs; the weight share below still answers
+        macs, unknown = {}, ["?"]
+    if macs and not unknown:
+        total = sum(macs.values())
+        conv = sum(v for k, v in macs.items() if ops.get(k) in ("Conv", "ConvTranspose"))
+        return (conv / total if total else 0.0), "MACs"
+    inits = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
+    weights = {"conv": 0, "all": 0}
+    for n in model.graph.node:
+        if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            w = sum(inits.get(i, 0) for i in n.input[1:2])
+            weights["all"] += w
+            weights["conv"] += w if n.op_type in ("Conv", "ConvTranspose") else 0
+    return (weights["conv"] / weights["all"] if weights["all"] else 0.0), "weights"
+
+
+def decide(rows: list[dict], limit: float, metric: str) -> tuple[dict, str]:
+    """Pick among measured candidates (rows: mode, drop, latency_ms, speedup): the fastest one within the
+    budget that is faster than FP32 at batch 1; a slower one has failed. Failing that, the fastest within
+    the budget (the speed guard then tries to fix it), else the most accurate."""
+    for r in rows:
+        r["within_budget"] = r["drop"] <= limit
+        r["faster"] = r["speedup"] > 1.0
+        r["fits"] = r["within_budget"] and r["faster"]
+    fitting = [r for r in rows if r["fits"]]
+    tail = lambda chosen: "".join(f"; {r['mode']}: drop {r['drop']:.3f}, {r['speedup']:.2f}x"  # noqa: E731
+                                  for r in rows if r is not chosen)
+    if fitting:
+        c = min(fitting, key=lambda r: r["latency_ms"])
+        return c, (f"{c['mode']}: fastest within the budget ({metric} drop {c['drop']:.3f} <= {limit:.3f}, "
+                   f"{c['speedup']:.2f}x FP32 at batch 1){tail(c)}")
+    within = [r for r in rows if r["within_budget"]]
+    if within:
+        c = min(within, key=lambda r: r["latency_ms"])
+        return c, (f"no mode within the budget is faster than FP32 at batch 1; kept {c['mode']}, the fastest "
+                   f"within it ({metric} drop {c['drop']:.3f}, {c['speedup']:.2f}x){tail(c)}")
+    c = min(rows, key=lambda r: r["drop"])
+    return c, (f"no mode fits the budget of {limit:.3f} {metric} points; kept {c['mode']}, the most accurate "
+               f"(drop {c['drop']:.3f}, {c['speedup']:.2f}x){tail(c)}")
+
+
+def _auto(model, calibration, validation, config, say, on_best, measure):
     budget = budget_of(config)
     ev = Evaluator(model, validation, budget)
     found: dict[str, tuple[onnx.ModelProto, PassRecord, float]] = {}
+    skipped: list[dict] = []
+    share, basis = conv_share(model)
     if calibration is not None:
         say("auto: static int8")
         q, rec = fallback_search(model, calibration, validation, dataclasses.replace(config, mode="static"), budget,
                                  config.fallback_seconds, config.fallback_layers, None, say)
         found["static"] = (q, rec, rec.stats["fallback"]["drop"])
-    say("auto: dynamic int8")
-    q, rec = quantize(model, None, dataclasses.replace(config, mode="dynamic"))
-    found["dynamic"] = (q, rec, ev.drop(q))
-    lat = _latencies({"fp32": model, **{k: v[0] for k, v in found.items()}}, validation)
-    rows = [{"mode": k, "drop": v[2], "fits": v[2] <= ev.limit, "latency_ms": lat[k], "speedup": lat["fp32"] / lat[k]}
-            for k, v in found.items()]
-    fitting = [r for r in rows if r["fits"]]
-    if fitting:
-        chosen = min(fitting, key=lambda r: r["latency_ms"])
-        why = (f"{chosen['mode']}: fastest within the budget ({ev.metric} drop {chosen['drop']:.3f} <= {ev.limit:.3f}, "
-               f"{chosen['speedup']:.2f}x FP32 at batch 1)")
-        others = [r for r in rows if r is not chosen]
-        why += "".join(f"; {r['mode']}: drop {r['drop']:.3f}, {r['speedup']:.2f}x" for r in others)
+    if share > CONV_DOMINATED and found:
+        why = f"conv-dominated model ({100 * share:.0f}% of the {basis} in Conv): {DYNAMIC_CONV_WHY}"
+        skipped.append({"mode": "dynamic", "why": why})
+        say(f"auto: dynamic int8 skipped: {why}")
     else:
-        chosen = min(rows, key=lambda r: r["drop"])
-        why = (f"no mode fits the budget of {ev.limit:.3f} {ev.metric} points; kept {chosen['mode']}, the most "
-               f"accurate (drop {chosen['drop']:.3f})")
+        say("auto: dynamic int8")
+        q, rec = quantize(model, None, dataclasses.replace(config, mode="dynamic"))
+        found["dynamic"] = (q, rec, ev.drop(q))
+    lat = measure({"fp32": model, **{k: v[0] for k, v in found.items()}})
+    rows = [{"mode": k, "drop": v[2], "latency_ms": lat[k], "speedup": lat["fp32"] / lat[k]} for k, v in found.items()]
+    chosen, why = decide(rows, ev.limit, ev.metric)
     q, rec, _ = found[chosen["mode"]]
     rec.stats["mode"] = chosen["mode"]
-    rec.stats["auto"] = {"metric": ev.metric, "budget": ev.limit, "candidates": rows, "chosen": chosen["mode"], "why": why,
-                         "fp32_latency_ms": lat["fp32"]}
-    if not fitting:
+    rec.stats["auto"] = {"metric": ev.metric, "budget": ev.limit, "candidates": rows, "skipped": skipped,
+                         "chosen": chosen["mode"], "why": why, "fp32_latency_ms": lat["fp32"]}
+    for s in skipped:
+        rec.skip(f"auto: {s['mode']}", s["why"])
+    if not chosen["within_budget"]:
         rec.skip("auto", why)
     say(f"auto: {why}")
     if on_best:
         on_best(q, rec)
+    return q, rec, {"fp32": lat["fp32"], "int8": lat[chosen["mode"]]}
+
+
+def slow_candidates(model: onnx.ModelProto, q: onnx.ModelProto, mode: str, data: Dataset) -> list[dict]:
+    """Layers of `q` that ORT likely runs slower than FP32 (see audit.slow_layers); in dynamic mode, every conv."""
+    if mode == "dynamic":
+        if not any(n.op_type == "ConvInteger" for n in q.graph.node):
+            return []
+        return [{"node": n.name, "op": n.op_type, "kernel": "ConvInteger", "why": DYNAMIC_CONV_WHY}
+                for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose") and n.name]
+    from .audit import slow_layers
+
+    return slow_layers(q, example_feed(data, 1, model))
+
+
+def speed_guard(model, q, rec, calibration, validation, config, measure: Measure, say, on_best, measured=None):
+    """Time FP32 against int8 at batch 1. When int8 is slower, keep the layers ORT runs slower in int8
+    in FP32, re-quantize and re-measure (kept only if faster, and within the budget when there is one).
+    A model still slower than FP32 is recorded (stats.speed.slower, a skip with the ratio)."""
+    data = validation if validation is not None else calibration
+    lat = measured or measure({"fp32": model, "int8": q})
+    speed = {"fp32_ms": lat["fp32"], "int8_ms": lat["int8"], "speedup": lat["fp32"] / lat["int8"],
+             "kept_fp32_for_speed": [], "slow_layers": []}
+    if speed["speedup"] < 1.0:
+        mode = rec.stats.get("mode", config.mode)
+        say(f"speed: int8 is {speed['speedup']:.2f}x FP32 at batch 1; looking for layers that are slower in int8")
+        slow = slow_candidates(model, q, mode, data if data is not None else _random(model))
+        speed["slow_layers"] = slow
+        retry = _requantize(model, calibration, validation, rec, config, list(slow)) if slow else None
+        if retry is not None:
+            q2, rec2, drop_ok, fp32_layers = retry
+            lat2 = measure({"fp32": model, "int8": q, "fewer": q2})
+            gain = lat2["fewer"] < 0.97 * lat2["int8"]  # a material gain, not timing noise
+            speed["retry"] = {"fp32_ms": lat2["fp32"], "int8_ms": lat2["int8"], "fewer_int8_ms": lat2["fewer"],
+                              "kept": gain and drop_ok,
+                              "why": "faster" if gain and drop_ok else ("over the accuracy budget" if gain else "not faster")}
+            say(f"speed: {len(fp32_layers)} layers in FP32: {lat2['fp32'] / lat2['fewer']:.2f}x FP32 "
+                f"({'kept' if gain and drop_ok else 'undone: ' + speed['retry']['why']})")
+            if gain and drop_ok:
+                for key in ("fallback", "auto"):
+                    if key in rec.stats:
+                        rec2.stats[key] = rec.stats[key]
+                q, rec = q2, rec2
+                speed.update(fp32_ms=lat2["fp32"], int8_ms=lat2["fewer"], speedup=lat2["fp32"] / lat2["fewer"],
+                             kept_fp32_for_speed=[r["node"] for r in fp32_layers], slow_layers=fp32_layers)
+                for r in fp32_layers:
+                    rec.skip(r["node"], f"kept FP32 for speed: {r['why']}")
+                if on_best:
+                    on_best(q, rec)
+            else:
+                speed["fp32_ms"], speed["int8_ms"] = lat2["fp32"], lat2["int8"]
+                speed["speedup"] = lat2["fp32"] / lat2["int8"]
+    speed["slower"] = speed["speedup"] < 1.0
+    if speed["slower"]:
+        speed["warning"] = (f"the int8 model is slower than FP32 at batch 1: {speed['speedup']:.2f}x "
+                            f"({speed['int8_ms']:.3f} ms vs {speed['fp32_ms']:.3f} ms, one thread)")
+        rec.skip("speed", speed["warning"] + ("; slower layers: " + ", ".join(r["node"] for r in speed["slow_layers"])
+                                              if speed["slow_layers"] else ""))
+    rec.stats["speed"] = speed
     return q, rec
+
+
+def _requantize(model, calibration, validation, rec, config, slow: list[dict]):
+    """The same quantization with the `slow` layers kept in FP32 too; (model, record, within the budget,
+    the layers kept FP32).
+    A layer kept FP32 can leave its int8 producer without an int8 reader (DQ -> Conv -> float: a new
+    float island): those are added to `slow` (with the reason) and the model re-quantized, a few rounds."""
+    from .audit import audit
+
+    mode = rec.stats.get("mode", config.mode)
+    if mode == "static" and calibration is None:
+        return None
+    fb = rec.stats.get("fallback", {})
+    for _ in range(4):
+        names = tuple(r["node"] for r in slow)
+        cfg = dataclasses.replace(config, mode=mode, max_drop=None,
+                                  exclude=tuple(dict.fromkeys(tuple(config.exclude) + tuple(fb.get("excluded", ())) + names)),
+                                  bias_correction=fb.get("bias_correction", config.bias_correction))
+        q2, rec2 = quantize(model, calibration if mode == "static" else None, cfg)
+        islands = [r for r in audit(q2).get("float_islands", []) if r["node"] not in names]
+        if mode != "static" or not islands:
+            break
+        slow += [{"node": r["node"], "op": r["op"], "kernel": r["kernel"],
+                  "why": "float island once its reader was kept FP32"} for r in islands]
+    ok = True
+    budget = fb.get("budget", rec.stats.get("auto", {}).get("budget"))
+    if budget is not None and validation is not None:
+        drop = Evaluator(model, validation, budget_of(config)).drop(q2)
+        ok = drop <= budget
+    return q2, rec2, ok, slow

@@ -64,3 +64,57 @@ def test_explicit_op_types_win(tmp_path):
     cal = Dataset([{"input": np.random.default_rng(0).standard_normal((16, 16, 8)).astype(np.float32)}], None, "t")
     _, rec = quantize(m, cal, QuantConfig(mode="static", op_types=("Gemm",)))
     assert rec.stats["op_types"]["quantized"] == ["Gemm"]
+
+
+def hybrid(tmp_path, d=32, opset=17):
+    """A PP-OCR-style recognizer: conv stack -> [N, W, d] sequence -> TransformerEncoderLayer -> Linear (CTC)."""
+    torch.manual_seed(0)
+
+    class Hybrid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = torch.nn.Sequential(
+                torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                torch.nn.Conv2d(16, d, 3, stride=(2, 1), padding=1), torch.nn.BatchNorm2d(d), torch.nn.ReLU(),
+                torch.nn.Conv2d(d, d, 3, stride=(4, 1), padding=1), torch.nn.ReLU())
+            self.enc = torch.nn.TransformerEncoderLayer(d, 4, 2 * d, dropout=0.0, batch_first=True)
+            self.head = torch.nn.Linear(d, 11)
+
+        def forward(self, x):
+            return self.head(self.enc(self.convs(x).flatten(2).transpose(1, 2)))
+
+    p = tmp_path / "hybrid.onnx"
+    torch.onnx.export(Hybrid().eval(), (torch.randn(1, 1, 8, 32),), str(p), dynamo=False, opset_version=opset,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}})
+    return onnx.load(str(p))
+
+
+def test_hybrid_quantizes_convs_as_a_cnn_and_the_encoder_as_a_transformer(tmp_path):
+    from onnxcompress.quant.audit import audit
+    from onnxcompress.quant.presets import regions
+
+    m = hybrid(tmp_path)
+    assert model_family(m) == "hybrid"
+    region = regions(m)
+    assert all(region[n.name] == "cnn" for n in m.graph.node if n.op_type == "Conv")
+    assert all(region[n.name] == "transformer" for n in m.graph.node
+               if n.op_type in ("LayerNormalization", "Softmax", "MatMul", "Gemm"))
+    rng = np.random.default_rng(0)
+    q, rec = quantize(m, Dataset([{"x": rng.standard_normal((32, 1, 8, 32)).astype(np.float32)}], None, "t"),
+                      QuantConfig(mode="static"))
+    ops = rec.stats["op_types"]
+    assert ops["quantized"] == "per region" and ops["regions"]["cnn"] > 0 and "CNN + transformer" in ops["why"]
+    rows = {r["node"]: r for r in audit(q)["nodes"]}
+    convs = [n.name for n in m.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 3 and all(rows[c]["kernel"] == "QLinearConv" for c in convs)  # was FP32 with one preset
+    prod = {o: n.op_type for n in q.graph.node for o in n.output}
+    fed_by_dq = {n.op_type for n in q.graph.node if any(prod.get(i) == "DequantizeLinear" for i in n.input)}
+    assert not {"LayerNormalization", "Softmax"} & fed_by_dq  # the transformer defaults hold in the encoder
+    attention = ops["kept_fp32_by_default"]
+    assert len(attention) == 2 and all(rows[a]["kernel"] == "MatMul" for a in attention)
+    projections = [n.name for n in m.graph.node if n.op_type in ("MatMul", "Gemm") and n.name not in attention]
+    assert projections and all(rows[p]["int8"] for p in projections)
+    x = {"x": rng.standard_normal((16, 1, 8, 32)).astype(np.float32)}
+    ref, got = run_ort(m, x)[0], run_ort(q, x)[0]
+    cos = (ref * got).sum(-1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(got, axis=-1)
+    assert cos.min() > 0.995

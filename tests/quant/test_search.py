@@ -22,14 +22,16 @@ def test_cli_max_drop_gate_and_record(tmp_path):
     m, cal, val = _files(tmp_path)
     before = m.read_bytes()
     r = CliRunner().invoke(main, ["quantize", str(m), "-o", str(tmp_path / "q.onnx"), "-c", str(cal), "-v", str(val),
-                                  "--per-tensor", "--no-equalize", "--max-drop", "3", "--metric", "agreement", "--json"])
+                                  "--per-tensor", "--no-equalize", "--max-drop", "3", "--metric", "agreement", "--json",
+                                  "--speed-check", "0"])
     assert r.exit_code == 0, r.output
     fb = json.loads(r.stdout)["stats"]["fallback"]
     assert fb["fits"] and "fc2" in fb["excluded"] and (tmp_path / "q.onnx").exists()
     assert m.read_bytes() == before
     # an impossible budget: exit 1, the best model found is still written
     r = CliRunner().invoke(main, ["quantize", str(m), "-o", str(tmp_path / "q2.onnx"), "-c", str(cal), "-v", str(val),
-                                  "--per-tensor", "--no-equalize", "--max-drop", "0", "--metric", "cosine", "--fallback-layers", "1"])
+                                  "--per-tensor", "--no-equalize", "--max-drop", "0", "--metric", "cosine", "--fallback-layers", "1",
+                                  "--speed-check", "0"])
     assert r.exit_code == 1 and "accuracy gate failed" in r.stderr and (tmp_path / "q2.onnx").exists()
 
 
@@ -44,7 +46,8 @@ def test_cli_bad_max_drop(tmp_path):
 
 def test_auto_mode_measures_both_and_says_why():
     q, rec = quantize_model(outlier_mlp(), ds(256, 0), ds(300, 1),
-                            QuantConfig(mode="auto", per_channel=False, equalize=False, max_drop=1.0, metric="agreement"))
+                            QuantConfig(mode="auto", per_channel=False, equalize=False, max_drop=1.0, metric="agreement",
+                                        speed_check_seconds=0))
     auto = rec.stats["auto"]
     modes = {c["mode"]: c for c in auto["candidates"]}
     assert set(modes) == {"static", "dynamic"} and auto["chosen"] in modes

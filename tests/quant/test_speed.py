@@ -1,0 +1,144 @@
+"""Never slower without saying so: the speed check after quantizing, the slow-layer finder, and auto
+mode's decisions. Latencies are injected where a decision is checked (no absolute times asserted)."""
+import json
+
+import numpy as np
+import onnx
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import make_data, run_ort, tiny_cnn
+from test_fallback import ds, outlier_mlp
+from onnxcompress.cli import main
+from onnxcompress.cli.quant import _summary
+from onnxcompress.config import QuantConfig
+from onnxcompress.data import Dataset
+from onnxcompress.quant.audit import audit, slow_layers
+from onnxcompress.quant.search import conv_share, decide, quantize_model
+
+
+def island_net(c=8):
+    """conv0 -> conv1 -> conv2, and conv1's output also feeds a Sigmoid kept FP32 (excluded): conv1's
+    output then has a float reader besides its QuantizeLinear, so ORT cannot fuse it into QLinearConv:
+    DQ -> float Conv -> Q, a float island, by construction."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((c, c, 3, 3)).astype(np.float32) * 0.2, f"w{i}") for i in range(3)]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c0", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c1"], ["s"], name="sig")]
+    g = helper.make_graph(nodes, "island", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c, 8, 8]),
+                           helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", c, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _island_data(n=16):
+    return Dataset([{"x": np.random.default_rng(0).standard_normal((n, 8, 8, 8)).astype(np.float32)}], None, "t")
+
+
+def test_slow_layers_finds_the_float_island():
+    from onnxcompress.quant.qdq import quantize
+
+    q, _ = quantize(island_net(), _island_data(), QuantConfig(mode="static", exclude=("sig",)))
+    assert [r["node"] for r in audit(q)["float_islands"]] == ["conv1"]
+    slow = slow_layers(q, {"x": _island_data(1).chunks[0]["x"]})
+    assert [r["node"] for r in slow] == ["conv1"] and "float island" in slow[0]["why"]
+
+
+class Clock:
+    """Injected latencies (ms) by model role; records what was timed."""
+
+    def __init__(self, **ms):
+        self.ms, self.calls = ms, []
+
+    def __call__(self, models):
+        self.calls.append(list(models))
+        return {k: self.ms[k] for k in models}
+
+
+def test_slower_int8_keeps_slow_layers_fp32_and_still_says_it_is_slower():
+    m, cfg = island_net(), QuantConfig(mode="static", exclude=("sig",))
+    clock = Clock(fp32=1.0, int8=2.0, fewer=1.25)  # keeping the island FP32 helps, but int8 stays slower
+    q, rec = quantize_model(m, _island_data(), None, cfg, measure=clock)
+    sp = rec.stats["speed"]
+    assert clock.calls == [["fp32", "int8"], ["fp32", "int8", "fewer"]]
+    # conv1 (the island), then conv0, which had lost its int8 reader and became an island itself
+    assert sp["kept_fp32_for_speed"] == ["conv1", "conv0"] and sp["retry"]["kept"]
+    assert "reader was kept FP32" in sp["slow_layers"][1]["why"]
+    assert sp["slower"] and abs(sp["speedup"] - 0.8) < 1e-9 and "0.80x" in sp["warning"]
+    assert any(s.target == "speed" and "slower than FP32" in s.reason for s in rec.skipped)
+    assert any(s.target == "conv1" and "kept FP32 for speed" in s.reason for s in rec.skipped)
+    prod = {o: n.op_type for n in q.graph.node for o in n.output}
+    conv1 = next(n for n in q.graph.node if n.name == "conv1")
+    assert prod[conv1.input[0]] != "DequantizeLinear"  # really FP32 now
+    assert audit(q)["float_islands"] == []
+    x = {"x": _island_data(4).chunks[0]["x"]}
+    for ref, got in zip(run_ort(m, x), run_ort(q, x)):
+        assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
+    text = _summary("q.onnx", rec.to_dict())
+    warnings = [line for line in text.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "0.80x" in warnings[0] and "slower than FP32" in warnings[0]
+
+
+def test_a_retry_that_is_not_faster_is_undone():
+    clock = Clock(fp32=1.0, int8=2.0, fewer=2.5)
+    q, rec = quantize_model(island_net(), _island_data(), None, QuantConfig(mode="static", exclude=("sig",)),
+                            measure=clock)
+    sp = rec.stats["speed"]
+    assert not sp["retry"]["kept"] and sp["kept_fp32_for_speed"] == [] and sp["slower"] and "0.50x" in sp["warning"]
+    assert [r["node"] for r in sp["slow_layers"]] == ["conv1"]  # reported, since keeping it FP32 did not help
+    assert [r["node"] for r in audit(q)["float_islands"]] == ["conv1"]
+
+
+def test_faster_int8_is_left_alone():
+    clock = Clock(fp32=2.0, int8=1.0)
+    q, rec = quantize_model(tiny_cnn(), Dataset([{"input": make_data(32)["input"]}], None, "t"), None,
+                            QuantConfig(mode="static"), measure=clock)
+    sp = rec.stats["speed"]
+    assert clock.calls == [["fp32", "int8"]] and sp["speedup"] == 2.0 and not sp["slower"] and "warning" not in sp
+    assert "warning:" not in _summary("q.onnx", rec.to_dict())
+
+
+def test_decide_fails_candidates_slower_than_fp32():
+    rows = [{"mode": "static", "drop": 0.5, "latency_ms": 0.8, "speedup": 1.25},
+            {"mode": "dynamic", "drop": 0.1, "latency_ms": 1.1, "speedup": 0.9}]
+    chosen, why = decide(rows, 1.0, "top1")
+    assert chosen["mode"] == "static" and not rows[1]["fits"] and rows[1]["within_budget"] and "fastest" in why
+    rows = [{"mode": "static", "drop": 0.5, "latency_ms": 1.2, "speedup": 0.83},
+            {"mode": "dynamic", "drop": 0.1, "latency_ms": 1.1, "speedup": 0.91}]
+    chosen, why = decide(rows, 1.0, "top1")
+    assert chosen["mode"] == "dynamic" and not any(r["fits"] for r in rows) and "faster than FP32" in why
+    rows = [{"mode": "static", "drop": 3.0, "latency_ms": 0.5, "speedup": 2.0}]
+    chosen, why = decide(rows, 1.0, "top1")
+    assert chosen["mode"] == "static" and not chosen["within_budget"] and "no mode fits the budget" in why
+
+
+def test_auto_skips_dynamic_on_a_conv_model_and_not_on_an_mlp():
+    assert conv_share(tiny_cnn())[0] > 0.9 and conv_share(outlier_mlp())[0] == 0.0
+    cal, val = Dataset([{"input": make_data(64)["input"]}], None, "c"), Dataset([{"input": make_data(64, 2)["input"]}], None, "v")
+    clock = Clock(fp32=1.0, static=0.5, int8=0.5)
+    q, rec = quantize_model(tiny_cnn(), cal, val, QuantConfig(mode="auto", metric="cosine"), measure=clock)
+    auto = rec.stats["auto"]
+    assert [c["mode"] for c in auto["candidates"]] == ["static"] and auto["chosen"] == "static"
+    assert auto["skipped"][0]["mode"] == "dynamic" and "ConvInteger" in auto["skipped"][0]["why"]
+    assert clock.calls[0] == ["fp32", "static"] and not any(n.op_type == "ConvInteger" for n in q.graph.node)
+    clock = Clock(fp32=1.0, static=0.9, dynamic=1.5)  # dynamic: within budget but slower than FP32 -> failed
+    q, rec = quantize_model(outlier_mlp(), ds(128, 0), ds(100, 1),
+                            QuantConfig(mode="auto", per_channel=False, metric="agreement", max_drop=100.0), measure=clock)
+    assert clock.calls == [["fp32", "static", "dynamic"]]  # the chosen model's latency is reused by the speed check
+    auto = rec.stats["auto"]
+    modes = {c["mode"]: c for c in auto["candidates"]}
+    assert set(modes) == {"static", "dynamic"} and not modes["dynamic"]["fits"] and auto["chosen"] == "static"
+
+
+def test_cli_reports_the_speed_in_json(tmp_path, tiny_model_path, tiny_data_path):
+    r = CliRunner().invoke(main, ["quantize", str(tiny_model_path), "-o", str(tmp_path / "q.onnx"), "-c",
+                                  str(tiny_data_path), "--speed-check", "0.3", "--json"])
+    assert r.exit_code == 0, r.output
+    sp = json.loads(r.stdout)["stats"]["speed"]
+    assert sp["fp32_ms"] > 0 and sp["int8_ms"] > 0 and sp["slower"] == (sp["speedup"] < 1.0)
+    assert ("warning" in sp) == sp["slower"]
+    onnx.checker.check_model(onnx.load(str(tmp_path / "q.onnx")))
