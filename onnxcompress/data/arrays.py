@@ -162,9 +162,9 @@ def check_chunk(f: Path, arrays: dict[str, np.ndarray], labels: Optional[np.ndar
             chunk[i.name] = np.ascontiguousarray(_batched(f, i, a))
             counts[i.name] = len(chunk[i.name])
     if len(set(counts.values())) > 1:
-        detail = ", ".join(f"{k} {v}" for k, v in counts.items())
+        detail = ", ".join(f"'{k}' {v} on axis {layout[k].axis}" for k, v in counts.items())
         raise InputError(f"{f}: inputs have different sample counts ({detail}); every batched input needs the same "
-                         "number of samples on its batch axis")
+                         "number of samples on its batch axis: fix the data or --input-layout NAME:AXIS")
     n = next(iter(counts.values())) if counts else 1
     if labels is not None and len(labels) != n:
         raise InputError(f"{f}: 'labels' has {len(labels)} entries but there are {n} samples; give one label per sample")

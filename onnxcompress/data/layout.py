@@ -299,7 +299,8 @@ def resolve_layout(specs: list[InputSpec], items: Iterable[str] = ()) -> Layout:
     open_ = [s for s in specs if s.name not in decided]
     if open_:
         refs = [s.shape[decided[s.name][0]] for s in specs if s.name in decided and decided[s.name][0] is not None]
-        candidates = refs[:1] or list(dict.fromkeys(s.shape[0] for s in open_))
+        firsts = list(dict.fromkeys(s.shape[0] for s in open_))  # a dynamic first dim is the batch before a fixed one
+        candidates = refs[:1] or [d for d in firsts if not static(d)] or firsts
         error: Optional[InputError] = None
         for ref in candidates:
             try:

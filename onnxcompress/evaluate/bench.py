@@ -119,7 +119,8 @@ def bench_models(paths: dict[str, Path], data: Optional[Dataset], config: BenchC
                 feeds[(n, prov)] = feed
         what = f"timing t{threads}/b{batch}"
         tick = (lambda i, d=done, w=what: progress(d + i, total, w)) if progress and config.time_budget is None else None
-        timings = time_sessions(sessions, feeds, config.warmup, config.runs, config.time_budget, on_round=tick)
+        # every model skipped at this batch size (a fixed batch): nothing to time
+        timings = time_sessions(sessions, feeds, config.warmup, config.runs, config.time_budget, on_round=tick) if sessions else {}
         done += per
         if progress:
             progress(done, total, what)
