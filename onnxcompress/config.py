@@ -103,6 +103,31 @@ class TrainConfig:
             raise ConfigError(f"alpha {self.alpha} is out of range; use a value in [0, 1]")
 
 
+TASKS = ("auto", "classification", "detection", "segmentation", "ctc", "embedding", "generic")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What the model does, so validation measures what matters (onnxcompress.evaluate.tasks)."""
+
+    name: str = "auto"  # auto (guessed from the output shapes, printed) | classification | detection | ...
+    output: Optional[str] = None  # the output the task metric reads; None = the first
+    score_threshold: float = 0.25  # detection: keep boxes scoring above this, before NMS
+    nms_iou: float = 0.45  # detection: class-wise NMS IoU
+    match_iou: float = 0.5  # detection: IoU for a match (against FP32 detections and box labels)
+    objectness: Optional[bool] = None  # detection: column 4 is objectness; None = [N, A, 5+C] yes, [N, 4+C, A] no
+    map_threshold: float = 0.3  # single-channel probability maps: pixel threshold
+    blank: int = 0  # CTC blank class index
+
+    def validate(self) -> None:
+        _choice("task", self.name, TASKS)
+        for key in ("score_threshold", "nms_iou", "match_iou", "map_threshold"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"task {key} {getattr(self, key)} is out of range; use a value in [0, 1]")
+        if self.blank < 0:
+            raise ConfigError(f"task blank {self.blank} is out of range; use a class index >= 0")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     enabled: bool = True
@@ -132,9 +157,11 @@ class QuantConfig:
     # batch-1 FP32 vs int8 timing after quantizing (seconds, interleaved, one thread): layers ORT runs slower in
     # int8 are kept FP32, and a model still slower than FP32 is reported; 0 = off
     speed_check_seconds: float = 3.0
+    task: TaskConfig = field(default_factory=TaskConfig)  # what the search measures (auto: guessed from the outputs)
 
     def validate(self) -> None:
         _choice("mode", self.mode, ("static", "dynamic", "auto"))
+        self.task.validate()
         _choice("metric", self.metric, ("auto", "top1", "agreement", "cosine"))
         if self.max_drop is not None and self.max_drop < 0:
             raise ConfigError("max_drop must be >= 0 (points of the metric, or percent with max_drop_relative)")
@@ -163,10 +190,21 @@ class ValidateConfig:
     max_latency_ratio: Optional[float] = None  # candidate / reference median latency, batch 1, 1 thread
     require_labels: bool = False  # refuse data without labels (set when --max-drop is given explicitly)
     layer_samples: int = 64  # samples used for per-layer SQNR
+    task: TaskConfig = field(default_factory=TaskConfig)
+    metric: Optional[str] = None  # a user metric, "file.py:fn" (reference outputs, candidate outputs, labels) -> floats
+    gates: tuple[str, ...] = ()  # more gates on any metric by name, e.g. "recall>=95", "char_agreement>=99"
+    default_gates: bool = True  # the task's default gate(s) when no user gate names the same metric (evaluate.gates)
 
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ConfigError("validate batch_size must be >= 1")
+        self.task.validate()
+        if self.metric is not None and ":" not in self.metric:
+            raise ConfigError(f"validate metric '{self.metric}' must be FILE.py:FUNCTION")
+        from .evaluate.gates import parse_gate  # the gate syntax lives with the evaluator
+
+        for text in self.gates:
+            parse_gate(text)
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"validate max_samples {self.max_samples} is out of range; use a value >= 1")
         if self.layer_samples < 1:

@@ -140,10 +140,13 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
         qcfg = config.quant
         if qcfg.max_drop is None and val is not None and val.labels is not None and config.validate_.max_drop is not None:
             qcfg = dataclasses.replace(qcfg, max_drop=config.validate_.max_drop, metric="top1")
+        if qcfg.task.name == "auto" and config.validate_.task.name != "auto":  # the search measures what the gates check
+            qcfg = dataclasses.replace(qcfg, task=config.validate_.task)
         current, rec = quantize_model(current, calib, val, qcfg, progress=lambda m: say(f"quantize: {m}"))
         stages.append(Stage("int8", save_model(current, out / f"{stem}.int8.onnx"), rec, time.perf_counter() - t0))
 
     say("validate")
+    compared: dict[str, dict] = {}  # stage -> compare result against FP32 (evaluate.validate)
     for st in stages:
         m = load_model(st.path, check=False)
         st.metrics.update(model_stats(m, shape_feed))
@@ -152,11 +155,20 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
         from .evaluate.validate import compare_sessions
 
         ref_sess = make_session(src)
+        vcfg = config.validate_
         for st in stages:
-            cmp = compare_sessions(ref_sess, make_session(st.path), val, config.validate_.batch_size,
-                                   config.validate_.max_samples, progress=_ticks(progress), what=f"validate {st.name}")
-            first = next(iter(cmp["outputs"].values()))
-            st.metrics.update({k: first[k] for k in ("agreement", "cosine", "sqnr_db") if k in first})
+            cmp = compare_sessions(ref_sess, make_session(st.path), val, vcfg.batch_size, vcfg.max_samples,
+                                   progress=_ticks(progress), what=f"validate {st.name}", task=vcfg.task,
+                                   user_metric=vcfg.metric)
+            if not compared:
+                say(f"validate: task {cmp['task']['name']} ({cmp['task']['why']})")
+            compared[st.name] = cmp
+            first = cmp["outputs"].get(cmp["task"]["output"]) or next(iter(cmp["outputs"].values()))
+            st.metrics.update({k: first[k] for k in ("cosine", "sqnr_db") if k in first})
+            st.metrics["task"] = cmp["task"]["name"]
+            st.metrics["task_metrics"] = cmp["task"]["metrics"]
+            if "agreement" in cmp["task"]["metrics"]:
+                st.metrics["agreement"] = cmp["task"]["metrics"]["agreement"]
             if "candidate_top1" in cmp:
                 st.metrics["top1"] = cmp["candidate_top1"]
                 st.metrics["top5"] = cmp["candidate_top5"]
@@ -172,6 +184,11 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
               "calibration": str(calibration) if calibration else None,
               "validation": str(validation) if validation else None,
               "stages": [st.to_dict() for st in stages]}
+    from .evaluate.gates import stage_verdicts
+
+    # one gate evaluator (evaluate.gates): every stage gets its gates; the last stage's verdict is convert's
+    report["task"] = next(iter(compared.values()))["task"] if compared else None
+    report["accuracy"] = stage_verdicts(report["stages"], compared, config.validate_)
     from .report import write_reports
 
     report["files"] = [str(p) for p in write_reports(report, out)]

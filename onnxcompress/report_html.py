@@ -103,7 +103,7 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:16px;margin:22px 0 6px} .sub{colo
 table{border-collapse:collapse;margin:8px 0 14px;font-size:13px}
 th,td{padding:5px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap} th{background:#f4f6f8}
 td:first-child,th:first-child{text-align:left;font-weight:600}
-.good{color:#1a7f37} .bad{color:#b42318;font-weight:600} .muted{color:#888}
+.good{color:#1a7f37} td.msg{text-align:left;white-space:normal} .bad{color:#b42318;font-weight:600} .muted{color:#888}
 .plots{display:flex;gap:18px;flex-wrap:wrap}
 .plot{background:#fafbfc;border:1px solid #e3e6ea;border-radius:6px}
 .plot .t{font-size:14px;font-weight:600} .plot .k{font-size:11px;fill:#555} .plot .lbl{font-size:12px;font-weight:600}
@@ -121,31 +121,101 @@ def _fmt(v: Any, spec: str, suffix: str = "") -> str:
     return f"{v:{spec}}{suffix}"
 
 
-def _table(stages: list[dict], max_drop: Optional[float]) -> str:
+def _gate_class(st: dict, name: str) -> str:
+    """good/bad from the stage's gate of that name (evaluate.gates decided it), '' when there is none."""
+    g = next((g for g in (st.get("gates") or {}).get("gates", []) if g["name"] == name), None)
+    return "" if g is None else ("good" if g["passed"] else "bad")
+
+
+def _verdict_cell(st: dict) -> str:
+    v = (st.get("gates") or {}).get("verdict")
+    if v is None:
+        return _fmt(None, "")
+    return {"passed": '<span class="good">passed</span>', "failed": '<span class="bad">FAILED</span>'}.get(
+        v, '<span class="muted">no gates</span>')
+
+
+def _table(stages: list[dict]) -> str:
     base = stages[0]["metrics"]
     head = ("stage", "size", "vs FP32", "params", "MACs/sample", "top-1 %", "top-5 %", "drop",
-            "agree %", "SQNR dB", "latency ms", "p90 ms", "speedup")
+            "agree %", "SQNR dB", "latency ms", "p90 ms", "speedup", "gates")
     rows = []
     for st in stages:
         m = st["metrics"]
         drop = None if _acc(m) is None or _acc(base) is None else _acc(base) - _acc(m)
-        cls = "" if drop is None or max_drop is None else ("good" if drop <= max_drop else "bad")
+        cls = _gate_class(st, "max_drop") or _gate_class(st, "min_agreement")
         first = next((s for s in (m.get("latency") or {}).values() if "p90_ms" in s), {})
         cells = (html.escape(st["name"]), _fmt(m.get("size_bytes", 0) / 1e6, ".3f", " MB"),
                  _fmt(m.get("size_bytes", 0) / base["size_bytes"], ".2f", "x"),
                  _fmt(m.get("params"), ","), _fmt(m.get("macs"), ","), _fmt(m.get("top1"), ".2f"), _fmt(m.get("top5"), ".2f"),
                  f'<span class="{cls}">{drop:.2f}</span>' if drop is not None else _fmt(None, ""),
                  _fmt(m.get("agreement"), ".2f"), _fmt(m.get("sqnr_db"), ".1f"),
-                 _fmt(m.get("latency_ms"), ".3f"), _fmt(first.get("p90_ms"), ".3f"), _fmt(m.get("speedup"), ".2f", "x"))
+                 _fmt(m.get("latency_ms"), ".3f"), _fmt(first.get("p90_ms"), ".3f"), _fmt(m.get("speedup"), ".2f", "x"),
+                 _verdict_cell(st) if st is not stages[0] else _fmt(None, ""))
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return (f"<table id='stages'><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
+def _task_table(report: dict) -> str:
+    """Task metrics of every stage against FP32 (evaluate.tasks)."""
+    task = report.get("task")
+    stages = [st for st in report["stages"] if st["metrics"].get("task_metrics")]
+    if not task or not stages:
+        return ""
+    keys = list(dict.fromkeys(k for st in stages for k in st["metrics"]["task_metrics"]))
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["stage", *keys])
+    rows = "".join("<tr>" + f"<td>{html.escape(st['name'])}</td>" + "".join(
+        f"<td>{_fmt(st['metrics']['task_metrics'].get(k), '.4g')}</td>" for k in keys) + "</tr>" for st in stages)
+    unavailable = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>"
+                          for k, v in (task.get("unavailable") or {}).items())
+    return (f"<h2>Task: {html.escape(task['name'])}</h2><p class='note'>{html.escape(task['why'])}; output "
+            f"<code>{html.escape(str(task.get('output')))}</code>. Rates in %, cosine and rank correlation in [-1, 1].</p>"
+            f"<table id='task'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            + (f"<details><summary>not measured</summary><ul>{unavailable}</ul></details>" if unavailable else ""))
+
+
+def _gates_table(report: dict) -> str:
+    """Each gate of the delivered stage with its value and verdict, as evaluate.gates decided."""
+    acc = report.get("accuracy") or {}
+    gates = acc.get("gates") or []
+    if not gates:
+        return ("<h2>Gates</h2><p class='note'>No gates were set: nothing was checked. Set gates in the config "
+                "(validate: max_drop, min_cosine, gates such as \"recall&gt;=95\") or give validation data for the "
+                "task's default gates.</p>")
+    rows = "".join(
+        f"<tr><td>{html.escape(g['name'])}</td><td><code>{html.escape(g['metric'])} {html.escape(g['comparison'])} "
+        f"{g['limit']:g}</code></td><td>{_fmt(g['value'], '.6g')}</td>"
+        f"<td>{'<span class=good>pass</span>' if g['passed'] else '<span class=bad>FAIL</span>'}</td>"
+        f"<td>{html.escape(g.get('origin', ''))}</td><td class='msg'>{html.escape(g['message'])}</td></tr>" for g in gates)
+    verdict = acc.get("verdict", "?")
+    return (f"<h2>Gates on {html.escape(str(acc.get('stage', 'the output')))}: "
+            f"<span class='{'good' if verdict == 'passed' else 'bad'}'>{html.escape(verdict)}</span></h2>"
+            f"<table id='gates'><thead><tr><th>gate</th><th>rule</th><th>value</th><th>verdict</th><th>origin</th>"
+            f"<th>message</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+def _recipes(report: dict) -> str:
+    """How each int8 model was made (report.int8_recipe)."""
+    out = []
+    for st in report["stages"]:
+        q = st.get("quantization")
+        if not q:
+            continue
+        fp32 = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in q.get("fp32_layers", {}).items())
+        facts = [("mode", q.get("mode")), ("weights", q.get("weights")), ("weight type", q.get("weight_type")),
+                 ("activation type", q.get("activation_type")), ("calibration", q.get("calibration")),
+                 ("bias correction", q.get("bias_correction")), ("chosen because", q.get("why"))]
+        cells = "".join(f"<tr><td>{k}</td><td>{html.escape(str(v))}</td></tr>" for k, v in facts if v is not None)
+        out.append(f"<h2>How <code>{html.escape(st['name'])}</code> was made</h2><table class='recipe'>{cells}"
+                   f"<tr><td>FP32 layers</td><td>{len(q.get('fp32_layers', {}))}</td></tr></table>"
+                   + (f"<details><summary>FP32 layers and why</summary><ul>{fp32}</ul></details>" if fp32 else ""))
+    return "".join(out)
+
+
 def render(report: dict[str, Any]) -> str:
     stages = report["stages"]
     cfg = report.get("config") or {}
-    max_drop = (cfg.get("validate") or {}).get("max_drop", 1.0)
     bench = cfg.get("bench") or {}
     pts = [(st["name"], st["metrics"], _acc(st["metrics"])) for st in stages]
     ylabel = _acc_label(stages)
@@ -159,8 +229,8 @@ def render(report: dict[str, Any]) -> str:
     setting = (f"latency: median of {bench.get('runs', '?')} interleaved runs after {bench.get('warmup', '?')} warmup, "
                f"{'/'.join(bench.get('providers', ['cpu']))}, {bench.get('threads', [1])[0]} thread(s), "
                f"batch {bench.get('batch_sizes', [1])[0]}; speedup against FP32. ")
-    acc_note = ("drop: points of " + ylabel.split(" %")[0] + " below FP32"
-                + (f", red above the max_drop gate of {max_drop:g}." if max_drop is not None else "."))
+    acc_note = ("drop: points of " + ylabel.split(" %")[0] + " below FP32, green/red when a gate on it passed/failed; "
+                "gates: the verdict of each stage's gates (evaluate.gates).")
     details = []
     for st in stages:
         rec = st.get("record")
@@ -176,5 +246,5 @@ def render(report: dict[str, Any]) -> str:
             f"<style>{CSS}</style></head><body><h1>onnxcompress report</h1>"
             f"<div class='sub'>model <code>{html.escape(str(report['model']))}</code> · validation "
             f"<code>{html.escape(str(report.get('validation')))}</code> · report version {report['version']}</div>"
-            f"{_table(stages, max_drop)}<p class='note'>{html.escape(setting + acc_note)}</p>"
-            f"{plots}<h2>Stage records</h2>{''.join(details) or '<p class=note>none</p>'}</body></html>")
+            f"{_table(stages)}<p class='note'>{html.escape(setting + acc_note)}</p>"
+            f"{_gates_table(report)}{_task_table(report)}{_recipes(report)}{plots}<h2>Stage records</h2>{''.join(details) or '<p class=note>none</p>'}</body></html>")

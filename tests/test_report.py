@@ -26,9 +26,17 @@ def fake_report(with_acc=True):
         else:
             del m["agreement"]
         return {"name": name, "path": f"{name}.onnx", "seconds": 1.0, "record": None, "metrics": m}
-    return {"version": 1, "model": "m.onnx", "validation": "v.npz",
-            "stages": [stage("fp32", 900_000, 92.4, 0.45, 222_000), stage("simplified", 900_100, 92.4, 0.45, 222_000),
-                       stage("int8", 260_000, 92.1, 0.24, 222_000), stage("pruned", 400_000, 89.9, 0.25, 100_000)]}
+    report = {"version": 1, "model": "m.onnx", "validation": "v.npz",
+              "stages": [stage("fp32", 900_000, 92.4, 0.45, 222_000), stage("simplified", 900_100, 92.4, 0.45, 222_000),
+                         stage("int8", 260_000, 92.1, 0.24, 222_000), stage("pruned", 400_000, 89.9, 0.25, 100_000)]}
+    if with_acc:  # the verdicts come from the gate evaluator, as in the pipeline
+        from onnxcompress.evaluate.gates import Gate, evaluate
+
+        for st in report["stages"][1:]:
+            drop = 92.4 - st["metrics"]["top1"]
+            st["gates"] = evaluate({"top1_drop": drop}, [Gate("max_drop", "top1_drop", "<=", 1.0)]).to_dict()
+        report["accuracy"] = {**report["stages"][-1]["gates"], "stage": "pruned"}
+    return report
 
 
 def test_pareto_front_and_ticks():
@@ -41,10 +49,25 @@ def test_pareto_front_and_ticks():
 def test_html_is_self_contained_with_table_and_two_plots():
     page = render(fake_report())
     assert page.count("<svg") == 2 and page.count("<circle") == 8
-    assert "<table id='stages'>" in page and page.count("<tr>") == 5
+    stages_table = page.split("<table id='stages'>")[1].split("</table>")[0]
+    assert stages_table.count("<tr>") == 5
     assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:|//)", page) and "<script" not in page and "@import" not in page
     assert ">fp32 = simplified<" in page  # coinciding points share a label instead of hiding each other
-    assert '<span class="bad">2.50</span>' in page and '<span class="good">0.30</span>' in page  # drop vs max_drop 1.0
+    # the drop is coloured by the stage's max_drop gate, and the verdicts are the evaluator's
+    assert '<span class="bad">2.50</span>' in page and '<span class="good">0.30</span>' in page
+    assert stages_table.count('<span class="good">passed</span>') == 2 and stages_table.count("FAILED") == 1
+    gates = page.split("<table id='gates'>")[1].split("</table>")[0]
+    assert "Gates on pruned: <span class='bad'>failed</span>" in page and "top-1 drop 2.5 points &gt; limit 1 points" in gates
+
+
+def test_html_never_works_out_a_verdict_itself():
+    """Without gate results there is no colour and no verdict, whatever the drop: the evaluator decides."""
+    report = fake_report()
+    for st in report["stages"]:
+        st.pop("gates", None)
+    report.pop("accuracy")
+    page = render(report)
+    assert 'class="bad"' not in page and 'class="good"' not in page and "No gates were set: nothing was checked" in page
 
 
 def test_html_without_accuracy_says_why_there_are_no_plots():

@@ -8,7 +8,8 @@ import click
 from .common import emit, handle_errors, json_option
 
 from ..config import QuantConfig
-from ..errors import AccuracyRegression, InputError
+from ..errors import InputError
+from ..evaluate.gates import quantize_verdict
 
 
 def _quant_options(fn):
@@ -136,17 +137,9 @@ def quantize_cmd(model, output, calibration, validation, require_fusion, as_json
     q, rec = quantize_model(m, data, val, cfg, on_best=lambda model_, _rec: save_model(model_, out), progress=say)
     d = rec.to_dict()
     emit(as_json, d, _summary(out, d))
-    fusion = d["stats"].get("fusion", {})
-    if require_fusion is not None and fusion.get("fused_share", 0.0) < require_fusion:
-        raise AccuracyRegression(f"fusion gate failed: {100 * fusion.get('fused_share', 0.0):.1f}% of the quantized MACs run "
-                                 f"on int8 kernels < required {100 * require_fusion:.1f}%; see the float islands above")
-    fb = d["stats"].get("fallback")
-    auto = d["stats"].get("auto", {})
-    if cfg.max_drop is not None and auto.get("candidates") and not any(c["within_budget"] for c in auto["candidates"]):
-        raise AccuracyRegression(f"accuracy gate failed: {auto['why']}; best model written to {out}")
-    if fb and not fb["fits"] and cfg.mode == "static":
-        raise AccuracyRegression(f"accuracy gate failed: {fb['metric']} drop {fb['drop']:.3f} > budget {fb['budget']:.3f} "
-                                 f"after keeping {len(fb['excluded'])} layers in FP32 ({fb['stopped']}); best model written to {out}")
+    # the gates live in the library evaluator (evaluate.gates), like validate's and convert's
+    quantize_verdict(d["stats"], cfg.max_drop is not None, cfg.mode, require_fusion).raise_for_failures(
+        f"; best model written to {out}")
 
 
 COMMANDS = [quantize_cmd]

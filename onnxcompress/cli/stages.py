@@ -53,11 +53,15 @@ def _pipeline_from_flags(config, **kw) -> PipelineConfig:
 
 def _run_convert(model, out_dir, cfg, calibration, validation, as_json, train_data=None):
     from ..pipeline import convert
-    from ..report import stage_table
+    from ..evaluate.gates import AccuracyResult
+    from ..report import stage_table, verdict_lines
+    from .evaluate import exit_on_gates
 
     report = convert(model, out_dir, cfg, calibration, validation,
                      progress=None if as_json else (lambda s: click.echo(f"[{s}]", err=True)), train_data=train_data)
-    emit(as_json, report, stage_table(report) + f"\n\nreport: {', '.join(report['files'])}")
+    emit(as_json, report, stage_table(report) + "\n\n" + "\n".join(verdict_lines(report))
+         + f"\n\nreport: {', '.join(report['files'])}")
+    exit_on_gates(AccuracyResult.from_dict(report["accuracy"]))  # exit 1, one line per failed gate
     return report
 
 

@@ -12,16 +12,17 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import onnx
 
+from ..config import TaskConfig
 from ..data import Dataset
 from ..errors import InputError
-from ..evaluate.compare import MetricAccumulator, topk
+from ..evaluate.tasks import TaskRun, points
 from ..evaluate.runner import iter_outputs, make_session
 from ..passes.base import PassRecord
 from .qdq import Prepared, prepare, quantize_prepared
@@ -35,11 +36,17 @@ Progress = Optional[Callable[[str], None]]
 
 @dataclass
 class Budget:
-    """The accuracy budget: `max_drop` points of `metric` (relative: percent of the reference value)."""
+    """The accuracy budget: `max_drop` points of `metric` (relative: percent of the reference value).
+
+    metric "auto" = the task's own metric (evaluate.tasks: top-1 with labels or agreement for
+    classifiers, F1 against the FP32 detections for detectors, mIoU / IoU for dense maps, character
+    agreement for CTC, rank correlation for embeddings, cosine otherwise); "top1"/"agreement" are
+    classification metrics; "cosine" is the mean cosine of the task's output (x100: points)."""
 
     max_drop: float
     metric: str = "auto"  # "auto" | "top1" | "agreement" | "cosine"
     relative: bool = False
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def resolve(self, labels: bool) -> str:
         if self.metric == "auto":
@@ -52,38 +59,51 @@ class Budget:
 
 class Evaluator:
     """Reference outputs computed once; `drop(model)` runs a candidate with ORT's optimizations on
-    (the int8 kernels it will really use) and returns the drop of the metric, in points."""
+    (the int8 kernels it will really use) and returns the drop of the task metric, in points. The same
+    task metrics as `validate` (evaluate.tasks), so the search optimizes what the gates check."""
 
     def __init__(self, reference: onnx.ModelProto, data: Dataset, budget: Budget, samples: int = 1000,
-                 batch_size: int = 64):
+                 batch_size: int = 64, task: Optional[TaskConfig] = None):
         self.data = data.take(min(samples, len(data)))
-        self.metric = budget.resolve(self.data.labels is not None)
         self.batch_size = batch_size
+        self.task_config = task or budget.task
+        self.why = ""
+        labels = self.data.labels is not None
         sess = make_session(reference)
-        self.refs = [next(iter(o.values())) for o in iter_outputs(sess, self.data, batch_size)]
-        ref = np.concatenate([r.reshape(len(r), -1) for r in self.refs]) if self.refs else np.zeros((0, 1))
-        if self.metric == "agreement" and ref.shape[1] < 2:
-            self.metric = "cosine"  # one output value per sample: nothing to agree on
-        self.reference_value = self._value(self.refs, reference=True)
+        self.refs = list(iter_outputs(sess, self.data, batch_size))
+        probe = TaskRun(self.task_config)
+        self.task = probe.start(self.refs[0]).name if self.refs else "generic"
+        if budget.metric in ("top1", "agreement") and self.task != "classification":
+            raise InputError(f"--metric {budget.metric} measures classifiers, but the model looks like a {self.task} "
+                             f"model ({probe.metric.why}); use --metric auto (its {self.task} metric) or set the task")
+        self.metric = budget.resolve(labels) if self.task == "classification" or budget.metric == "cosine" \
+            else probe.metric.primary(labels)
+        self.reference_value = self._value(self.refs)
+        if self.reference_value is None:  # e.g. a detector that finds nothing on this data: fall back to cosine
+            self.why = f"{self.metric} is not measurable on this data ({self._missing}); the search uses cosine"
+            self.metric = "cosine"
+            self.reference_value = self._value(self.refs)
         limit = budget.max_drop * self.reference_value / 100.0 if budget.relative else budget.max_drop
         self.limit = float(limit)
 
-    def _value(self, outs: list[np.ndarray], reference: bool = False) -> float:
-        if self.metric == "top1":
-            logits = np.concatenate([o.reshape(len(o), -1) for o in outs])
-            return topk(logits, self.data.labels[:len(logits)], 1)
-        if reference:
-            return 100.0
-        acc = MetricAccumulator()
+    def _value(self, outs: list[dict]) -> Optional[float]:
+        """The metric of `outs` against the reference outputs, in points (None: not measurable)."""
+        run = TaskRun(self.task_config if self.metric != "cosine" else TaskConfig(name="generic", output=self.task_config.output))
+        seen = 0
         for r, c in zip(self.refs, outs):
-            acc.update(r, c)
-        res = acc.result()
-        return res["agreement"] if self.metric == "agreement" else 100.0 * res["cosine"]
+            n = len(next(iter(r.values())))
+            run.update(r, c, None if self.data.labels is None else self.data.labels[seen:seen + n])
+            seen += n
+        res = run.result()
+        if self.metric not in res["metrics"]:
+            self._missing = res["unavailable"].get(self.metric, "not measured")
+            return None
+        return points(self.metric, res["metrics"][self.metric])
 
     def drop(self, model: onnx.ModelProto) -> float:
         sess = make_session(model)
-        outs = [next(iter(o.values())) for o in iter_outputs(sess, self.data, self.batch_size)]
-        return float(self.reference_value - self._value(outs))
+        value = self._value(list(iter_outputs(sess, self.data, self.batch_size)))
+        return float(self.reference_value - value) if value is not None else float("inf")
 
 
 def node_tensors(ref: onnx.ModelProto, qmodel: onnx.ModelProto) -> dict[str, tuple[str, list[str]]]:

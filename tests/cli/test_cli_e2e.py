@@ -44,7 +44,7 @@ def test_quantize_then_validate_gates(runner, tmp_path, tiny_model_path, tiny_da
     ok = runner.invoke(main, ["validate", str(tiny_model_path), str(q), "--data", str(tiny_data_path), "--json"])
     assert ok.exit_code == 0, ok.output
     verdict = json.loads(ok.stdout)
-    assert verdict["passed"] is True and verdict["schema_version"] == 1
+    assert verdict["passed"] is True and verdict["schema_version"] == 2
     bad = runner.invoke(main, ["validate", str(tiny_model_path), str(q), "--data", str(tiny_data_path),
                                "--min-cosine", "1.0000001"])
     assert bad.exit_code == 1

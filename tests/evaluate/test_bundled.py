@@ -41,7 +41,8 @@ def test_validate_fp32_vs_int8_default_gates_pass(int8):
     jsonschema.validate(doc, SCHEMA)
     assert doc["samples"] == 2000 and doc["gates"][0]["name"] == "max_drop" and doc["passed"]
     assert 90.0 < doc["reference_top1"] < 95.0 and 0.0 <= doc["top1_drop"] <= 1.0  # 92.45% FP32 (models/README.md)
-    assert doc["outputs"]["logits"]["agreement"] > 98.0 and doc["outputs"]["logits"]["sqnr_db"] > 25.0
+    assert doc["task"]["name"] == "classification" and doc["verdict"] == "passed"
+    assert doc["task"]["metrics"]["agreement"] > 98.0 and doc["outputs"]["logits"]["sqnr_db"] > 25.0
     assert doc["size_ratio"] < 0.35
 
 
@@ -50,7 +51,7 @@ def test_validate_impossible_gate_exits_1(int8):
                                     "--max-samples", "500"])
     assert res.exit_code == 1
     assert len(res.stderr.splitlines()) == 1 and res.stderr.startswith("gate failed: max_drop: top-1 drop ")
-    assert "FAIL max_drop" in res.stdout and res.stdout.rstrip().endswith("FAILED")
+    assert "FAIL max_drop" in res.stdout and res.stdout.rstrip().endswith("FAILED: 1 of 1 gates")
 
 
 def test_bench_side_by_side(int8):

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from onnxcompress.config import TaskConfig
 from onnxcompress.evaluate.compare import compare_batches, compare_outputs, output_metrics, sqnr, topk
 
 
@@ -39,12 +40,15 @@ def test_sqnr_of_known_noise_and_agreement_flip():
     assert output_metrics(ref, flipped)["cosine_min"] == pytest.approx(-1.0)
 
 
-def test_sequence_outputs_agreement_counts_positions():
+def test_no_argmax_on_outputs_without_a_class_axis():
+    """A 3-D output (boxes, sequences, maps) gets tensor closeness only: argmax over its last axis means nothing."""
     ref = np.zeros((2, 3, 4))
     ref[..., 1] = 1.0
     cand = ref.copy()
-    cand[0, 0] = [0, 0, 5, 0]  # one of 6 positions changes its argmax
-    assert output_metrics(ref, cand)["agreement"] == pytest.approx(100 * 5 / 6)
+    cand[0, 0] = [0, 0, 5, 0]
+    assert "agreement" not in output_metrics(ref, cand)
+    r = compare_outputs({"y": ref}, {"y": cand}, task=TaskConfig(name="generic"))
+    assert "agreement" not in r["outputs"]["y"] and "agreement" not in r["task"]["metrics"]
 
 
 def test_regression_output_has_no_agreement():
@@ -64,6 +68,8 @@ def test_batchwise_equals_one_shot():
     split = compare_batches(parts, labels)
     for key in ("reference_top1", "candidate_top1", "reference_top5", "candidate_top5", "top1_drop"):
         assert split[key] == pytest.approx(whole[key], abs=1e-9)
+    for k, v in whole["task"]["metrics"].items():
+        assert split["task"]["metrics"][k] == pytest.approx(v, abs=1e-9), k
     for name in ref:
         for k, v in whole["outputs"][name].items():
             assert split["outputs"][name][k] == pytest.approx(v, rel=1e-12), (name, k)
@@ -74,4 +80,21 @@ def test_compare_with_labels():
     cand = {"y": np.array([[0.0, 1.0], [0.0, 1.0]])}
     r = compare_outputs(ref, cand, np.array([0, 1]))
     assert r["reference_top1"] == 100.0 and r["candidate_top1"] == 50.0 and r["top1_drop"] == 50.0
-    assert r["outputs"]["y"]["agreement"] == 50.0
+    assert r["task"]["name"] == "classification" and r["task"]["metrics"]["agreement"] == 50.0
+
+
+def test_ties_count_as_fractions():
+    """int8 logits often tie at the top: a tie among k maxima is worth 1/k, whatever the tie-break."""
+    logits = np.array([[1.0, 1.0, 0.0], [2.0, 2.0, 2.0], [0.0, 3.0, 3.0], [5.0, 0.0, 0.0]])
+    labels = np.array([0, 2, 0, 0])
+    assert topk(logits, labels, 1) == pytest.approx(100 * (1 / 2 + 1 / 3 + 0 + 1) / 4)
+    assert topk(logits, labels, 2) == pytest.approx(100 * (1 + 2 / 3 + 0 + 1) / 4)
+    assert topk(logits[:, ::-1], 2 - labels, 1) == topk(logits, labels, 1)  # column order (tie-break) is irrelevant
+    ref = {"y": np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 2.0]])}
+    cand = {"y": np.array([[3.0, 3.0, 0.0], [0.0, 2.0, 2.0]])}
+    r = compare_outputs(ref, cand, labels[:2])
+    m = r["task"]["metrics"]
+    # agreement: row 0 ref {0} vs cand {0,1} -> 1/2; row 1 {1,2} vs {1,2} -> 2/4
+    assert m["agreement"] == pytest.approx(50.0)
+    assert m["top1"] == pytest.approx(100 * (1 / 2 + 1 / 2) / 2) and m["reference_top1"] == pytest.approx(100 * (1 + 1 / 2) / 2)
+    assert r["candidate_top1"] == m["top1"]  # the same number at the top level (schema compatibility)

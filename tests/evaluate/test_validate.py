@@ -72,8 +72,9 @@ def test_schema_rejects_drift(tiny_model_path, tiny_data_path):
     doc = json.loads(json.dumps(validate(tiny_model_path, tiny_model_path, tiny_data_path), default=str))
     doc["outputs"]["logits"]["sqnr_db"] = "inf"
     jsonschema.validate(doc, SCHEMA)
-    for broken in ({**doc, "schema_version": 2}, {**doc, "top1drop": 0.0}, {**doc, "samples": "64"},
-                   {k: v for k, v in doc.items() if k != "gates"}):
+    for broken in ({**doc, "schema_version": 1}, {**doc, "top1drop": 0.0}, {**doc, "samples": "64"},
+                   {k: v for k, v in doc.items() if k != "gates"}, {**doc, "verdict": "ok"},
+                   {**doc, "task": {**doc["task"], "name": "regression"}}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(broken, SCHEMA)
 
@@ -82,7 +83,8 @@ def test_identical_models_pass_everything(tiny_model_path, tiny_data_path):
     res = validate(tiny_model_path, tiny_model_path, tiny_data_path, ValidateConfig(min_cosine=0.999999, min_agreement=100))
     assert res["passed"] and res["top1_drop"] == 0.0 and res["reference_top1"] == 100.0
     m = res["outputs"]["logits"]
-    assert m["max_abs_error"] == 0.0 and m["sqnr_db"] == float("inf") and m["agreement"] == 100.0
+    assert m["max_abs_error"] == 0.0 and m["sqnr_db"] == float("inf") and res["task"]["metrics"]["agreement"] == 100.0
+    assert res["verdict"] == "passed" and [g["name"] for g in res["gates"]] == ["max_drop", "min_agreement", "min_cosine"]
     out = CliRunner().invoke(main, ["validate", str(tiny_model_path), str(tiny_model_path), "-d", str(tiny_data_path), "--json"])
     assert json.loads(out.stdout)["outputs"]["logits"]["sqnr_db"] == "inf"  # JSON has no inf
 
@@ -99,7 +101,8 @@ def test_metrics_match_a_direct_computation(tmp_path, tiny_data_path):
     m = res["outputs"]["logits"]
     assert m["sqnr_db"] == pytest.approx(10 * np.log10((r ** 2).sum() / ((r - c) ** 2).sum()), abs=1e-4)
     assert m["max_abs_error"] == pytest.approx(np.abs(r - c).max(), rel=1e-5)
-    assert m["agreement"] == pytest.approx(100 * np.mean(r.argmax(1) == c.argmax(1)))
+    assert res["task"]["name"] == "classification" and "agreement" not in m  # no argmax in tensor closeness
+    assert res["task"]["metrics"]["agreement"] == pytest.approx(100 * np.mean(r.argmax(1) == c.argmax(1)))
     cos = (r * c).sum(1) / np.linalg.norm(r, axis=1) / np.linalg.norm(c, axis=1)
     assert m["cosine"] == pytest.approx(cos.mean(), abs=1e-6) and m["cosine_min"] == pytest.approx(cos.min(), abs=1e-6)
     assert res["candidate_top1"] == pytest.approx(100 * np.mean(c.argmax(1) == data["labels"]))
@@ -174,7 +177,7 @@ def test_random_data_and_latency_ratio(tmp_path):
 
 
 def test_missing_metric_fails_its_gate(tmp_path):
-    """A regression output (last axis 1) has no agreement: an agreement gate must fail, not pass silently."""
+    """A regression output (last axis 1) is generic: an agreement gate must fail, not pass silently."""
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
     g = helper.make_graph([helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)], "reg",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
@@ -187,7 +190,8 @@ def test_missing_metric_fails_its_gate(tmp_path):
     assert gates["min_agreement"]["value"] is None and not gates["min_agreement"]["passed"]
     assert gates["min_cosine"]["passed"]
     assert res.stderr.splitlines() == ["gate failed: min_agreement: prediction agreement is not available "
-                                       "(needs a classification output: last axis > 1)"]
+                                       "(the generic task does not measure 'agreement'; it measures cosine, cosine_min, "
+                                       "max_abs_error, max_rel_error, sqnr_db)"]
 
 
 @pytest.mark.parametrize("args, message", [
