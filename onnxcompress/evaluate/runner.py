@@ -95,12 +95,6 @@ def make_session(model: ModelLike, provider: str = "cpu", threads: Optional[int]
         raise InputError(f"ONNX Runtime cannot load the model: {msg}; check the model with 'onnxcompress inspect'") from None
 
 
-def static_batch(session: ort.InferenceSession) -> Optional[int]:
-    """The fixed batch size of the first input, or None when the batch axis is dynamic."""
-    shape = session.get_inputs()[0].shape
-    return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
-
-
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
               "tensor(bool)": "bool"}
