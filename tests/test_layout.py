@@ -348,3 +348,52 @@ def test_convert_stores_the_layout_in_the_config(vad, tmp_path):
     int8 = next(s for s in report["stages"] if s["name"] == "int8")
     assert int8["metrics"]["latency_ms"] > 0 and np.isfinite(run_ort(int8["path"], {
         "x": x, "state": state, "sr": np.array(8000, np.int64)})[1]).all()
+
+
+def test_const_row_is_broadcast_to_the_run(tmp_path):
+    g = helper.make_graph([helper.make_node("Mul", ["x", "mask"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                           helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.arange(20, dtype=np.float32).reshape(5, 4)
+    row = np.array([[1, 0, 2, 0]], np.float32)
+    np.savez(tmp_path / "d.npz", x=x, mask=row)
+    ds = load_data(tmp_path / "d.npz", model_layout(m, ["mask:const"]))
+    assert [f["mask"].shape for f in ds.feeds(2)] == [(2, 4), (2, 4), (1, 4)]
+    np.testing.assert_array_equal(run_dataset(make_session(m), ds, 2)["y"], x * row)
+    np.savez(tmp_path / "rows.npz", x=x, mask=np.ones((3, 4), np.float32))
+    with pytest.raises(InputError, match="const input 'mask' has 3 rows on its batch dim 'N'"):
+        load_data(tmp_path / "rows.npz", model_layout(m, ["mask:const"]))
+
+
+def test_reconstruction_on_a_fixed_batch_of_4_reads_each_sample_once(tmp_path):
+    from onnxcompress.config import PruneConfig
+    from onnxcompress.passes.prune import prune_model
+
+    model = tiny_cnn(batch=4, channels=16)
+    np.savez(tmp_path / "d.npz", input=np.random.default_rng(5).standard_normal((10, 1, 8, 8)).astype(np.float32))
+    ds = load_data(tmp_path / "d.npz", input_specs(model))
+    pruned, rec = prune_model(model, PruneConfig(enabled=True, ratio=0.5), calibration=list(ds.feeds(64)))
+    rc = rec.stats["reconstruct"]
+    assert rc["samples"] == 10 and rc["refit"] >= 1
+    assert run_dataset(make_session(pruned), ds)["logits"].shape == (10, 3)
+
+
+def test_accuracy_passes_on_a_fixed_batch_of_4(tmp_path):
+    """Bias correction, SmoothQuant and layer SQNR read the padded runs of a fixed batch without crashing or
+    counting the padding."""
+    from onnxcompress.config import QuantConfig
+    from onnxcompress.evaluate.layers import layer_sqnr
+    from onnxcompress.quant.qdq import quantize
+
+    model = tiny_cnn(batch=4)
+    x = np.random.default_rng(6).standard_normal((10, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", input=x)
+    ds = load_data(tmp_path / "d.npz", input_specs(model))
+    q, rec = quantize(model, ds, QuantConfig(mode="static", bias_correction=True, smooth_quant=0.5))
+    assert rec.stats["calibration"]["samples"] == 10
+    out = run_dataset(make_session(q), ds)["logits"]
+    assert _cos(out, run_ort(tiny_cnn(batch="N"), {"input": x})[0]) > 0.98
+    rows = layer_sqnr(model, q, ds, samples=10)
+    assert rows and all(np.isfinite(r["sqnr_db"]) or r["sqnr_db"] > 0 for r in rows)
