@@ -397,3 +397,16 @@ def test_accuracy_passes_on_a_fixed_batch_of_4(tmp_path):
     assert _cos(out, run_ort(tiny_cnn(batch="N"), {"input": x})[0]) > 0.98
     rows = layer_sqnr(model, q, ds, samples=10)
     assert rows and all(np.isfinite(r["sqnr_db"]) or r["sqnr_db"] > 0 for r in rows)
+
+
+def test_a_folder_gives_one_const_value_per_file(vad, tmp_path):
+    d, x, state = vad
+    (tmp_path / "f").mkdir()
+    np.savez(tmp_path / "f" / "a.npz", x=x[:5], state=state[:, :5], sr=np.int64(8000))
+    np.savez(tmp_path / "f" / "b.npz", x=x[5:], state=state[:, 5:], sr=np.int64(16000))
+    ds = load_data(tmp_path / "f", model_layout(onnx.load(str(d / "m.onnx")), ["state:1"]))
+    out = run_dataset(make_session(d / "m.onnx"), ds, batch_size=4)
+    ref = [run_ort(d / "m.onnx", {"x": x[s], "state": state[:, s], "sr": np.array(sr, np.int64)})
+           for s, sr in ((slice(0, 5), 8000), (slice(5, 12), 16000))]
+    np.testing.assert_allclose(out["prob"], np.concatenate([r[0] for r in ref]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["state_out"], np.concatenate([r[1] for r in ref], axis=1), rtol=1e-5, atol=1e-6)
