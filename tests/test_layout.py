@@ -44,6 +44,15 @@ def test_layout_from_shapes():
     assert given["mask"].const and given.explicit == ("mask:const",)
 
 
+def test_output_batch_axes():
+    # silero-VAD as exported by spox: no dim names; the state out [?, ?, ?] is shaped like the state in
+    lay = resolve_layout([spec("input", [None, None]), spec("state", [2, None, 128]), spec("sr", [], "int64")], ["state:1"])
+    assert [lay.output_axis(s) for s in ([None, 1], [None, None, None], [2, None, 128], ["T", "b", 5], [])] == [0, 1, 1, 0, None]
+    named = resolve_layout([spec("image", ["batch", 3, 60, 160])])
+    assert named.output_axis(["T", "batch", 37]) == 1  # a time-major CTC output
+    assert resolve_layout([spec("x", [1, 64]), spec("state", [2, 1, 16])]).output_axis([2, 1, 16]) == 1
+
+
 @pytest.mark.parametrize("specs, items, needle", [
     ([spec("x", ["N", 64]), spec("m", [4, 4])], (), "batch axis of input 'm' .* --input-layout m:AXIS"),
     ([spec("x", [1, 64]), spec("y", [4, 64])], ("x:0", "y:0"), "different fixed batch sizes"),

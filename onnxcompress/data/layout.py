@@ -229,8 +229,9 @@ class Layout:
 
     def output_axis(self, shape: Optional[list]) -> Optional[int]:
         """The batch axis of a model output from its declared shape (checked on every run by Feed.output):
-        the axis named like an input's batch dim; else that of a batched input of the same shape (an LSTM
-        state out like the state in); else the first axis of the fixed batch size; else axis 0."""
+        the axis named like an input's batch dim; else that of the batched inputs its shape matches (an LSTM
+        state out like the state in, unknown dims matching anything), when they agree on one that is not 0;
+        else the first axis of the fixed batch size; else axis 0."""
         if shape is None:
             return 0
         if len(shape) == 0:
@@ -238,11 +239,10 @@ class Layout:
         named = [a for a, d in enumerate(shape) if isinstance(d, str) and d in self.symbols]
         if named:
             return named[0]
-        for i in self.batched:
-            s = i.spec.shape
-            if i.axis and len(s) == len(shape) and all(not (static(a) and static(b)) or a == b for a, b in zip(s, shape)) \
-                    and any(static(a) and a == b for a, b in zip(s, shape)):
-                return i.axis
+        like = {i.axis for i in self.batched if len(i.spec.shape) == len(shape)
+                and all(not (static(a) and static(b)) or a == b for a, b in zip(i.spec.shape, shape))}
+        if len(like) == 1 and like != {0}:  # shaped like the inputs with that batch axis (an LSTM state in -> out)
+            return like.pop()
         if self.batch is not None:
             hits = [a for a, d in enumerate(shape) if d == self.batch]
             if hits:
