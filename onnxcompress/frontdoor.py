@@ -67,8 +67,13 @@ def facts(model: onnx.ModelProto, record: Optional[PassRecord] = None) -> Facts:
 
     stats = record.stats if record is not None else {}
     kind, ops = _quantized(model)
-    return Facts(opset=model_opset(model), ir_version=model.ir_version, upgraded_from=stats.get("upgraded_from"),
-                 opset_note=stats.get("opset_note", ""), quantized=kind, quantized_ops=ops)
+    opset = model_opset(model)
+    note = stats.get("opset_note", "")
+    if not note and opset is not None and opset < TARGET_OPSET:
+        note = (f"opset {opset} kept (the front door upgrades it only where the conversion is exact); weights are "
+                "quantized per tensor (per-channel needs opset 13)")
+    return Facts(opset=opset, ir_version=model.ir_version, upgraded_from=stats.get("upgraded_from"),
+                 opset_note=note, quantized=kind, quantized_ops=ops)
 
 
 def quantized_kind(model: onnx.ModelProto) -> Optional[str]:
@@ -283,7 +288,7 @@ def _float64_to_float32(model: onnx.ModelProto, rec: PassRecord, where: str) -> 
     for name in list(doubles) + list(consts):
         tensor = doubles[name] if name in doubles else _constant_tensor(consts[name])
         arr = numpy_helper.to_array(tensor)
-        f32 = None
+        f32, copy_name = None, None
         for node, slot in uses.get(name, []):
             if node.op_type == "Cast" and _attr(node, "to") == TensorProto.FLOAT and node.output[0] not in outputs:
                 f32 = _to_float32(arr, name, where) if f32 is None else f32
@@ -292,9 +297,10 @@ def _float64_to_float32(model: onnx.ModelProto, rec: PassRecord, where: str) -> 
                 folded += 1
             elif _shares_type_with_float(node, slot, types, opset):
                 f32 = _to_float32(arr, name, where) if f32 is None else f32
-                new = _unique(g, f"{name}_fp32")
-                g.initializer.append(numpy_helper.from_array(f32, new))
-                node.input[slot] = new
+                if copy_name is None:  # one float32 copy, shared by every float32 consumer
+                    copy_name = _unique(g, f"{name}_fp32")
+                    g.initializer.append(numpy_helper.from_array(f32, copy_name))
+                node.input[slot] = copy_name
                 rec.changed.append(f"float64 constant '{name}' fed float32 node '{node.name or node.op_type}': cast "
                                    "to float32")
                 mixed += 1
@@ -383,6 +389,10 @@ def _drop_unused(model: onnx.ModelProto, names: set[str]) -> None:
     if len(keep) != len(g.node):
         del g.node[:]
         g.node.extend(keep)
+    if any(i.name in gone for i in g.input):  # IR < 4: the initializer was listed as an input too
+        ins = [i for i in g.input if i.name not in gone]
+        del g.input[:]
+        g.input.extend(ins)
     inits = [i for i in g.initializer if i.name not in gone]
     if len(inits) != len(g.initializer):
         del g.initializer[:]
@@ -456,9 +466,10 @@ def _weight_names(graph: onnx.GraphProto) -> set[str]:
 
 
 def check_finite_weights(model: onnx.ModelProto, where: str = "model") -> None:
-    """NaN in a weight is refused, naming it. +-inf is fine in a scalar identity (running Max/Min start,
-    attention-mask fill, ConstantOfShape value) and in non-weight constants; it is refused in a non-scalar
-    weight of a Conv/Gemm/MatMul/... (its quantization scale would be non-finite)."""
+    """NaN in a weight (any non-scalar float initializer, or one in a layer's weight slot) is refused, naming
+    it; a scalar NaN elsewhere is a fill value and is left alone. +-inf is fine in a scalar identity (running
+    Max/Min start, ConstantOfShape value) and in non-weight constants (an attention mask's -inf fill); it is
+    refused in a non-scalar weight of a Conv/Gemm/MatMul/... (its quantization scale would be non-finite)."""
     weights = _weight_names(model.graph)
     for init in model.graph.initializer:
         if init.data_type not in FLOATS:

@@ -264,6 +264,8 @@ def test_commands_that_must_work_on_pre_quantized_models(dyn_quantized, argv):
     args = [a.format(m=d / "dq.onnx", fp=d / "fp32.onnx", data=d / "data.npz", out=d / "pruned.onnx") for a in argv]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
+    if argv[0] == "inspect":
+        assert "already quantized: dynamic int8 (ConvInteger x2" in r.output
     if argv[0] == "prune":
         out = onnx.load(str(d / "pruned.onnx"))
         np.testing.assert_allclose(run_ort(out, {"x": X})[0], run_ort(d / "dq.onnx", {"x": X})[0], rtol=1e-5, atol=1e-6)
