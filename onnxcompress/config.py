@@ -233,6 +233,104 @@ class BenchConfig:
             raise ConfigError("bench threads must be >= 1")
 
 
+IMAGE_RESIZE = ("none", "exact", "shorter", "letterbox", "height")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """Image preprocessing: a named preset (onnxcompress.sources.preprocess.PRESETS) plus overrides.
+
+    None / () = taken from the preset, then from the model's input shape and dtype."""
+
+    preset: str = "unit"
+    resize: Optional[str] = None  # none | exact (to size) | shorter (side to size[0]) | letterbox | height (fit height, pad right)
+    size: tuple[int, ...] = ()  # resize target (H, W); shorter: (side,)
+    crop: tuple[int, ...] = ()  # center crop (H, W)
+    pad_value: Optional[float] = None  # pixel value (0-255 scale) of letterbox / right padding
+    color: Optional[str] = None  # RGB | BGR | L
+    gray_to_rgb: bool = False  # replicate the channel of grayscale images for a 3-channel model (else an error)
+    scale: Optional[float] = None  # pixel * scale, then (x - mean) / std
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    layout: Optional[str] = None  # NCHW | NHWC; None = from the model input shape
+    dtype: Optional[str] = None  # None = the model input's dtype
+    labels_csv: Optional[str] = None  # CSV "file,label" (paths relative to the folder); default: subfolder names
+
+    def validate(self) -> None:
+        from .sources.preprocess import PRESETS  # the registry of presets lives with the code that applies them
+
+        _choice("image preset", self.preset, tuple(PRESETS))
+        if self.resize is not None:
+            _choice("image resize", self.resize, IMAGE_RESIZE)
+        if self.color is not None:
+            _choice("image color", self.color, ("RGB", "BGR", "L"))
+        if self.layout is not None:
+            _choice("image layout", self.layout, ("NCHW", "NHWC"))
+        if any(v < 1 for v in self.size + self.crop) or len(self.size) > 2 or len(self.crop) > 2:
+            raise ConfigError("image size and crop are one or two positive integers (H, W)")
+        if any(s <= 0 for s in self.std) or (self.mean and self.std and len(self.mean) != len(self.std)):
+            raise ConfigError("image std values must be > 0 and mean/std must have the same length")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    tokenizer: Optional[str] = None  # the model's tokenizer.json (tokenizers library)
+    column: str = "text"  # .jsonl key / .csv column holding the text
+    label_column: Optional[str] = None  # .jsonl key / .csv column holding an integer label
+    max_length: Optional[int] = None  # None = the model's static sequence length, else 128
+    padding: str = "auto"  # auto (max_length for a static sequence axis, else dynamic) | max_length | dynamic
+
+    def validate(self) -> None:
+        _choice("text padding", self.padding, ("auto", "max_length", "dynamic"))
+        if self.max_length is not None and self.max_length < 1:
+            raise ConfigError(f"text max_length {self.max_length} is out of range; use a value >= 1")
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    sample_rate: int = 16000  # WAV files are resampled to this rate
+    window: Optional[int] = None  # samples per window (at sample_rate); None = the model's static length
+    hop: Optional[int] = None  # None = window (no overlap)
+    resample: str = "sinc"  # sinc (Kaiser-windowed, band-limited) | linear
+    mix_to_mono: bool = False  # average the channels of multi-channel files (else an error)
+
+    def validate(self) -> None:
+        _choice("audio resample", self.resample, ("sinc", "linear"))
+        if self.sample_rate < 1 or (self.window is not None and self.window < 1) or (self.hop is not None and self.hop < 1):
+            raise ConfigError("audio sample_rate, window and hop must be >= 1")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where calibration/validation samples come from and how they are decoded (streamed from disk)."""
+
+    kind: str = "auto"  # auto (from the path) | arrays | images | text | audio
+    samples: Optional[int] = None  # use this many samples (a seeded random subset); None = all
+    seed: Optional[int] = 0  # order of streamed samples: a permutation with this seed; None = file order
+    skip_bad: bool = False  # leave out unreadable files (counted) instead of stopping
+    workers: int = 2  # decoding threads
+    prefetch: int = 2  # batches decoded ahead of the consumer
+    image: ImageConfig = field(default_factory=ImageConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    # input layouts the model's shapes do not settle: "name:AXIS" (batch axis), "name:const[=VALUE]" (fed
+    # unchanged in every batch); e.g. ("state:1", "sr:const=16000"). Checked against the model in data.layout
+    input_layout: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        _choice("data kind", self.kind, ("auto", "arrays", "images", "text", "audio"))
+        from .data.layout import parse_input_layout  # the layout syntax lives with the code that applies it
+
+        parse_input_layout(self.input_layout)
+        if self.samples is not None and self.samples < 1:
+            raise ConfigError(f"data samples {self.samples} is out of range; use a value >= 1")
+        if self.workers < 1 or self.prefetch < 1:
+            raise ConfigError("data workers and prefetch must be >= 1")
+        self.image.validate()
+        self.text.validate()
+        self.audio.validate()
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     simplify: SimplifyConfig = field(default_factory=SimplifyConfig)
@@ -242,6 +340,7 @@ class PipelineConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
