@@ -75,28 +75,64 @@ class StreamDataset:
         return feeds(self, batch_size, limit)
 
     def batches(self, batch_size: int, limit: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
-        """Canonical batches (samples first) in order; at most `prefetch` are decoded ahead of the consumer."""
+        """Canonical batches (samples first) in order, decoded ahead of the consumer by a bounded pool."""
         order = self.order if limit is None else self.order[:limit]
         groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         if not groups:
             return
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="onnxcompress-decode")
-        pending: collections.deque = collections.deque()
         try:
-            nxt = 0
-            while nxt < len(groups) and len(pending) < self.prefetch + 1:
+            if hasattr(self._source, "read_one"):
+                yield from self._by_sample(pool, groups)
+            else:
+                yield from self._by_batch(pool, groups)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _by_batch(self, pool, groups) -> Iterator[dict[str, np.ndarray]]:
+        """Batch-level sources (text: per-batch padding; audio: a file's windows together): at most `prefetch`
+        batches decoded ahead of the one the consumer holds."""
+        pending: collections.deque = collections.deque()
+        nxt = 0
+        while nxt < len(groups) and len(pending) < self.prefetch:
+            pending.append(pool.submit(self._read, groups[nxt]))
+            nxt += 1
+        while pending:
+            batch = pending.popleft().result()
+            if nxt < len(groups):
                 pending.append(pool.submit(self._read, groups[nxt]))
                 nxt += 1
-            while pending:
-                batch = pending.popleft().result()
-                if nxt < len(groups):
-                    pending.append(pool.submit(self._read, groups[nxt]))
-                    nxt += 1
-                yield batch
-        finally:
-            for f in pending:
-                f.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            yield batch
+
+    def _by_sample(self, pool, groups) -> Iterator[dict[str, np.ndarray]]:
+        """Sample-level sources (images): a few samples (4 per worker) decoded ahead, written in place into the
+        next batch's array (no stacking copy), so beyond the batch the consumer holds, memory grows by a few
+        samples only, not by whole batches."""
+        ahead = 4 * self.workers
+        todo = ((int(i), g) for g in range(len(groups)) for i in groups[g])
+        pending: collections.deque = collections.deque()
+
+        def fill() -> None:
+            while len(pending) < ahead:
+                nxt = next(todo, None)
+                if nxt is None:
+                    return
+                pending.append((nxt[0], pool.submit(self._source.read_one, nxt[0])))
+
+        name = self._source.names[0]
+        for g in groups:
+            out = None
+            for pos in range(len(g)):
+                fill()
+                i, fut = pending.popleft()
+                x = fut.result()
+                if out is None:
+                    out, first = np.empty((len(g),) + x.shape, x.dtype), i
+                elif x.shape != out.shape[1:]:
+                    self._source.shape_error(i, x.shape, first, out.shape[1:])
+                out[pos] = x
+            fill()  # keep the pool busy while the consumer runs the model
+            yield {name: out, **self.consts}
 
     @property
     def chunks(self) -> list[dict[str, np.ndarray]]:

@@ -108,12 +108,18 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.files)
 
+    def read_one(self, i: int) -> np.ndarray:
+        return decode(self.files[i], self.spec)
+
+    def shape_error(self, i: int, shape, first: int, first_shape) -> None:
+        raise InputError(f"image {self.files[i]} preprocesses to shape {tuple(shape)} but {self.files[first]} to "
+                         f"{tuple(first_shape)}; set a fixed size (--preset, or image.size in --data-config)")
+
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        samples = [decode(self.files[i], self.spec) for i in indices]
+        samples = [self.read_one(i) for i in indices]
         for i, s in zip(indices, samples):
             if s.shape != samples[0].shape:
-                raise InputError(f"image {self.files[i]} preprocesses to shape {s.shape} but {self.files[indices[0]]} to "
-                                 f"{samples[0].shape}; set a fixed size (--preset, or image.size in --data-config)")
+                self.shape_error(i, s.shape, indices[0], samples[0].shape)
         return {self.names[0]: np.stack(samples)}
 
 
