@@ -116,6 +116,7 @@ class TaskConfig:
     nms_iou: float = 0.45  # detection: class-wise NMS IoU
     match_iou: float = 0.5  # detection: IoU for a match (against FP32 detections and box labels)
     objectness: Optional[bool] = None  # detection: column 4 is objectness; None = [N, A, 5+C] yes, [N, 4+C, A] no
+    grid_strides: tuple[int, ...] = ()  # detection: raw YOLOX grid outputs (e.g. 8, 16, 32); () = decoded boxes
     map_threshold: float = 0.3  # single-channel probability maps: pixel threshold
     blank: int = 0  # CTC blank class index
 
@@ -126,6 +127,8 @@ class TaskConfig:
                 raise ConfigError(f"task {key} {getattr(self, key)} is out of range; use a value in [0, 1]")
         if self.blank < 0:
             raise ConfigError(f"task blank {self.blank} is out of range; use a class index >= 0")
+        if any(s < 1 for s in self.grid_strides):
+            raise ConfigError(f"task grid_strides {list(self.grid_strides)} must be positive, e.g. [8, 16, 32]")
 
 
 @dataclass(frozen=True)

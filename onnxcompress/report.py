@@ -82,7 +82,7 @@ def verdict_lines(report: dict[str, Any]) -> list[str]:
         tm = st["metrics"].get("task_metrics") or {}
         if st is report["stages"][-1] and tm:
             lines.append(f"{st['name']} against FP32: " + ", ".join(f"{k} {v:.4g}" for k, v in tm.items()
-                                                                 if isinstance(v, (int, float)) and not k.startswith("reference_")))
+                                                                 if isinstance(v, (int, float))))
     acc = report.get("accuracy") or {}
     res = AccuracyResult.from_dict(acc)
     lines += [f"gates on {acc.get('stage', 'the output')}:"] if res.gates else []

@@ -106,9 +106,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
              f"size {result['reference_size']:,} -> {result['candidate_size']:,} bytes ({result['size_ratio']:.2f}x)"]
     task = result["task"]
     lines.append(f"task: {task['name']} ({task['why']})")
-    shown = {k: v for k, v in task["metrics"].items() if not k.startswith("reference_")}
-    if shown:
-        lines.append("  " + ", ".join(_metric_text(k, v) for k, v in shown.items()))
+    if task["metrics"]:
+        lines.append("  " + ", ".join(_metric_text(k, v) for k, v in task["metrics"].items()))
     if "top1_drop" in result:
         lines.append(f"top-1 {result['reference_top1']:.2f}% -> {result['candidate_top1']:.2f}% "
                      f"(drop {result['top1_drop']:.2f} points); top-5 {result['reference_top5']:.2f}% -> {result['candidate_top5']:.2f}%")

@@ -178,7 +178,7 @@ def fallback_search(model: onnx.ModelProto, calibration: Dataset, validation: Da
         if prep.path is not None or prep.mode != "static":
             raise InputError("the accuracy-gated fallback needs static quantization of a model under 2 GB; "
                              "drop --max-drop or use --mode static")
-        ev = Evaluator(prep.model, validation, budget)
+        ev = Evaluator(prep.model, validation, budget, task=getattr(config, "task", None))  # QuantConfig.task
         best, rec = quantize_prepared(prep, config, work, calibration=calibration)
         best_drop = ev.drop(best)
         steps = [{"excluded": [], "drop": best_drop, "kept": True}]
@@ -225,7 +225,8 @@ def fallback_search(model: onnx.ModelProto, calibration: Dataset, validation: Da
         except KeyboardInterrupt:
             stop = "interrupted: the best model so far is kept"
     rec.stats["fallback"] = {
-        "metric": ev.metric, "reference": ev.reference_value, "budget": ev.limit, "drop": best_drop,
+        "task": ev.task, "metric": ev.metric, "metric_note": ev.why, "reference": ev.reference_value, "budget": ev.limit,
+        "drop": best_drop,
         "fits": best_drop <= ev.limit, "excluded": excluded, "bias_correction": bool(config.bias_correction), "steps": steps, "stopped": stop,
         "seconds": round(time.monotonic() - start, 1), "validation_samples": len(ev.data),
         "sensitivity": ranked[:max_layers],

@@ -6,6 +6,7 @@ when the user did not name one, and says why, so the CLI can print the guess and
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 from pathlib import Path
@@ -27,6 +28,7 @@ REGISTRY: dict[str, type[TaskMetric]] = {cls.name: cls for cls in
                                          (Classification, Detection, Segmentation, CTC, Embedding, Generic)}
 COEFFICIENTS = {"cosine", "cosine_min", "rank_correlation"}  # in [-1, 1]; every other rate is in percent
 EMBED_HINTS = ("embed", "pool", "sentence", "feature", "vector")
+YOLOX_STRIDES = (8, 16, 32)
 UserFn = Callable[[Outputs, Outputs, Optional[np.ndarray]], dict]
 
 
@@ -50,6 +52,16 @@ def _yolo_like(y: np.ndarray) -> bool:
         return False
     rows = np.swapaxes(y, 1, 2) if y.shape[1] < y.shape[2] else y
     return bool(np.all(rows[..., 2:4] >= 0) and is_probability(rows[..., 4:]))
+
+
+def _yolox_raw(y: np.ndarray) -> bool:
+    """[N, A, 5+C] whose anchor count is exactly the cells of strides 8/16/32 over a square input, with
+    objectness and class scores in [0, 1], and box values that are small cell offsets and log sizes
+    (decoded boxes reach the image size) (YOLOX exported without decoding)."""
+    from .detection import yolox_grid
+
+    return bool(y.shape[2] >= 6 and y.shape[1] > y.shape[2] and yolox_grid(y.shape[1], YOLOX_STRIDES) is not None
+                and is_probability(y[..., 4:]) and np.abs(y[..., :4]).max(initial=0) < 16)
 
 
 def _distributions(y: np.ndarray) -> bool:
@@ -79,6 +91,8 @@ def guess_task(outputs: Outputs, output: Optional[str] = None) -> tuple[str, str
         return "classification", f"{what}: one score per class"
     if y.ndim == 3 and y.shape[2] >= 2 and _distributions(y):
         return "ctc", f"{what}: a class distribution per time step"
+    if y.ndim == 3 and _yolox_raw(y):
+        return "detection", f"{what}: raw YOLOX grid outputs (strides {', '.join(map(str, YOLOX_STRIDES))})"
     if y.ndim == 3 and _yolo_like(y):
         return "detection", f"{what}: a YOLO-style box head (many anchors x (4 box values + class scores))"
     if y.ndim == 4 and min(y.shape[2:]) >= 4:
@@ -133,6 +147,8 @@ class TaskRun:
         if self.config.name == "auto":
             task, why = guess_task(ref, output)
             why = f"guessed from {why}; override with --task"
+            if task == "detection" and "raw YOLOX" in why and not self.config.grid_strides:
+                self.config = dataclasses.replace(self.config, grid_strides=YOLOX_STRIDES)
         else:
             task, why = self.config.name, "set by the user"
         self.metric = REGISTRY[task](self.config, output, why)

@@ -1,6 +1,7 @@
 """CTC sequence recognition: greedy decoding, then the decoded strings are compared.
 
-Output [N, T, C] (batch first; per time step class scores, logits or probabilities). Greedy decode:
+Output [N, T, C] (per time step class scores, logits or probabilities; the runner gives every output
+batch first, so a time-major [T, N, C] export arrives as [N, T, C]). Greedy decode:
 argmax per step, collapse repeats, drop the blank (index `blank`, 0 by default). Sequence accuracy
 (% of samples whose decoded sequence equals FP32's) and character agreement (1 - edit distance /
 the longer length, averaged). With labels [N, L] (class indices padded with negative values): the

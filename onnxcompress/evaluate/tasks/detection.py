@@ -2,7 +2,8 @@
 
 Layouts: [N, anchors, 4+C(+1)] or [N, 4+C(+1), anchors] (the shorter axis holds the attributes); boxes
 are (cx, cy, w, h); with objectness (v5/X: column 4) a box scores objectness x class probability.
-Scores outside [0, 1] in the FP32 output are taken as logits (sigmoid). Class-wise NMS at fixed
+Scores outside [0, 1] in the FP32 output are taken as logits (sigmoid). Raw YOLOX outputs (cell
+offsets and log sizes per stride, `grid_strides` e.g. 8, 16, 32) are decoded on the grid first. Class-wise NMS at fixed
 thresholds, then recall and precision of the candidate's boxes against the FP32 boxes (same class,
 IoU >= match_iou), and mAP@match_iou of both models against box labels [N, M, 5] = (class, x1, y1, x2, y2)
 in output coordinates (rows with class < 0 are padding). numpy NMS here: ORT's NonMaxSuppression would
@@ -65,6 +66,21 @@ def match(pred: Dets, truth: tuple[np.ndarray, np.ndarray], iou: float) -> np.nd
     return tp
 
 
+def yolox_grid(anchors: int, strides: tuple[int, ...]) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Cell coordinates [A, 2] and strides [A, 1] of raw YOLOX outputs for a square input whose grids
+    give exactly `anchors` cells (size = sqrt(A / sum(1 / s^2))), or None when no size does."""
+    size = int(round(np.sqrt(anchors / sum(1.0 / st ** 2 for st in strides))))
+    if any(size % st for st in strides) or sum((size // st) ** 2 for st in strides) != anchors:
+        return None
+    grids, steps = [], []
+    for st in strides:
+        g = size // st
+        yv, xv = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+        grids.append(np.stack([xv, yv], -1).reshape(-1, 2))
+        steps.append(np.full((g * g, 1), st))
+    return np.concatenate(grids).astype(np.float64), np.concatenate(steps).astype(np.float64)
+
+
 def average_precision(scores: np.ndarray, tp: np.ndarray, n_truth: int) -> float:
     """All-point interpolated AP (VOC 2010+)."""
     if n_truth == 0:
@@ -102,6 +118,10 @@ class Detection(TaskMetric):
             raise InputError(f"'{self.output}' has {rows.shape[2]} attributes per box: too few for 4 box values, "
                              "objectness and classes; set the task's objectness to false")
         self.layout = (transposed, obj, not is_probability(rows[..., 4:]))
+        self.grid = yolox_grid(rows.shape[1], self.config.grid_strides) if self.config.grid_strides else None
+        if self.config.grid_strides and self.grid is None:
+            raise InputError(f"'{self.output}' has {rows.shape[1]} anchors, which no square input gives with grid strides "
+                             f"{list(self.config.grid_strides)}; check the task's grid_strides")
         self.layout_text = (f"{'[N, 4+C, anchors]' if transposed else '[N, anchors, 4+C]'}, "
                             f"{'objectness x class' if obj else 'class'} scores{' (sigmoid of logits)' if self.layout[2] else ''}")
 
@@ -119,6 +139,9 @@ class Detection(TaskMetric):
             keep = np.flatnonzero(s > self.config.score_threshold)
             keep = keep[np.argsort(-s[keep], kind="stable")[:MAX_CANDIDATES]]
             xy, wh = p[keep, :2], p[keep, 2:4]
+            if self.grid is not None:  # raw YOLOX: offsets from the cell, log sizes, in strides
+                grid, stride = self.grid[0][keep], self.grid[1][keep]
+                xy, wh = (xy + grid) * stride, np.exp(np.clip(wh, -10, 10)) * stride
             boxes = np.concatenate([xy - wh / 2, xy + wh / 2], axis=1)
             offset = (2 * np.abs(boxes).max() + 1.0) if len(boxes) else 0.0  # classes never overlap
             kept = nms(boxes + (c[keep] * offset)[:, None], s[keep], self.config.nms_iou) if len(keep) else keep

@@ -9,7 +9,7 @@ from onnxcompress.evaluate.compare import compare_outputs
 from onnxcompress.evaluate.tasks import TaskRun, guess_task
 from onnxcompress.evaluate.tasks.base import tie_agreement, topk_credit
 from onnxcompress.evaluate.tasks.ctc import edit_distance, greedy_decode
-from onnxcompress.evaluate.tasks.detection import average_precision, box_iou, match, nms
+from onnxcompress.evaluate.tasks.detection import average_precision, box_iou, match, nms, yolox_grid
 
 
 def task(ref, cand, labels=None, **cfg):
@@ -82,6 +82,25 @@ def test_detection_objectness_and_logits():
     assert "recall" not in t["metrics"] and "no detection scoring above 0.25" in t["unavailable"]["recall"]
     with pytest.raises(InputError, match="YOLO-style output"):
         task({"o": np.zeros((1, 10))}, {"o": np.zeros((1, 10))}, name="detection")
+
+
+def test_raw_yolox_outputs_are_decoded_on_the_grid():
+    """YOLOX exported without decoding: [N, A, 5+C] with A = the cells of strides 8/16/32 (416x416: 3549);
+    guessed from that exact count, decoded as (offset + cell) x stride and exp(log size) x stride."""
+    grid, stride = yolox_grid(3549, (8, 16, 32))
+    assert grid.shape == (3549, 2) and stride[0, 0] == 8 and stride[-1, 0] == 32 and yolox_grid(3550, (8, 16, 32)) is None
+    y = np.zeros((1, 3549, 6))
+    y[..., :2] = -0.3  # raw offsets can be negative: decoded boxes could not be
+    i = 2 * 52 + 3  # stride-8 cell x=3, y=2
+    y[0, i] = [0.5, 0.5, np.log(2.0), np.log(2.0), 0.9, 0.8]
+    t = task({"output": y}, {"output": y})
+    assert t["name"] == "detection" and "raw YOLOX" in t["why"] and t["metrics"]["reference_detections"] == 1
+    from onnxcompress.evaluate.tasks.detection import Detection
+
+    det = Detection(TaskConfig(grid_strides=(8, 16, 32)), "output")
+    det._setup(y)
+    boxes, scores, classes = det.decode(y)[0]
+    assert boxes.tolist() == [[20.0, 12.0, 36.0, 28.0]] and scores[0] == pytest.approx(0.72)  # centre (28, 20), 16 px
 
 
 def test_average_precision_all_points():
