@@ -9,13 +9,25 @@ from typing import Any, Optional
 COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#9c755f"]
 
 
+# the accuracy plotted: top-1 with labels, else the task's own measure against FP32 (evaluate.tasks)
+PLOTTED = (("top1", "top-1 accuracy %"), ("agreement", "agreement with FP32 %"), ("f1", "detection F1 against FP32 %"),
+           ("miou", "mIoU against FP32 %"), ("iou", "map IoU against FP32 %"),
+           ("char_agreement", "character agreement with FP32 %"), ("nn_agreement", "neighbour agreement with FP32 %"))
+
+
 def _acc(m: dict) -> Optional[float]:
-    """Top-1 when the validation data has labels, else agreement with the FP32 model."""
-    return m.get("top1", m.get("agreement"))
+    for key, _ in PLOTTED:
+        v = m.get(key, (m.get("task_metrics") or {}).get(key))
+        if isinstance(v, (int, float)):
+            return v
+    return None
 
 
 def _acc_label(stages: list[dict]) -> str:
-    return "top-1 accuracy %" if all("top1" in s["metrics"] for s in stages) else "agreement with FP32 %"
+    for key, label in PLOTTED:
+        if all(key in s["metrics"] or key in (s["metrics"].get("task_metrics") or {}) for s in stages):
+            return label
+    return "agreement with FP32 %"
 
 
 def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

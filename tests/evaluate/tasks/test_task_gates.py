@@ -120,6 +120,7 @@ def test_convert_applies_the_gates_and_everyone_agrees(tmp_path):
     assert report["task"]["name"] == "detection" and report["stages"][-1]["quantization"]["weights"] == "per-tensor"
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Gates on int8: <span class='bad'>failed</span>" in page and "How <code>int8</code> was made" in page
+    assert page.count("<svg") == 2 and "detection F1 against FP32 %" in page  # plotted on the task's own measure
     # validate (API) on the written models gives the same verdicts and values
     again = validate(model, tmp_path / "out" / "det.int8.onnx", data, cfg.validate_)
     assert [(g["name"], g["passed"]) for g in again["gates"]] == [(g["name"], g["passed"]) for g in report["accuracy"]["gates"]]
