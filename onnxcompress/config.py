@@ -154,7 +154,7 @@ class QuantConfig:
     # accuracy-gated fallback / auto mode (need validation data)
     max_drop: Optional[float] = None  # budget in points of `metric`; None = no search (auto: 1.0)
     max_drop_relative: bool = False  # max_drop is a percent of the reference value
-    metric: str = "auto"  # "auto" (top1 with labels, else agreement) | "top1" | "agreement" | "cosine"
+    metric: str = "auto"  # "auto" (the task's metric, evaluate.tasks: top1 with labels / agreement for classifiers) | "top1" | "agreement" | "cosine"
     fallback_seconds: float = 600.0
     fallback_layers: int = 16
     # batch-1 FP32 vs int8 timing after quantizing (seconds, interleaved, one thread): layers ORT runs slower in

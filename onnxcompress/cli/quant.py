@@ -31,7 +31,8 @@ def _quant_options(fn):
                      help="Accuracy budget (needs --validation): keep sensitive layers in FP32 until the drop fits; "
                           "'0.5' = points of --metric, '1%' = percent of the FP32 value."),
         click.option("--metric", type=click.Choice(["auto", "top1", "agreement", "cosine"]), default="auto", show_default=True,
-                     help="Budget metric; auto = top1 with labels, else agreement with FP32."),
+                     help="Budget metric; auto = the task's own (guessed from the outputs: top1 with labels or agreement for "
+                          "classifiers, F1 against FP32 boxes for detectors, mIoU, character agreement, rank correlation)."),
         click.option("--fallback-seconds", type=float, default=QuantConfig.fallback_seconds, show_default=True),
         click.option("--fallback-layers", type=int, default=QuantConfig.fallback_layers, show_default=True,
                      help="Most layers tried in FP32 by the fallback search."),

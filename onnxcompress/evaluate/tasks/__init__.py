@@ -29,6 +29,7 @@ REGISTRY: dict[str, type[TaskMetric]] = {cls.name: cls for cls in
 COEFFICIENTS = {"cosine", "cosine_min", "rank_correlation"}  # in [-1, 1]; every other rate is in percent
 EMBED_HINTS = ("embed", "pool", "sentence", "feature", "vector")
 YOLOX_STRIDES = (8, 16, 32)
+MAX_SEG_CLASSES = 256  # more channels than this over an image: a feature map (ADE20K has 150 classes, COCO-stuff 182)
 UserFn = Callable[[Outputs, Outputs, Optional[np.ndarray]], dict]
 
 
@@ -95,7 +96,7 @@ def guess_task(outputs: Outputs, output: Optional[str] = None) -> tuple[str, str
         return "detection", f"{what}: raw YOLOX grid outputs (strides {', '.join(map(str, YOLOX_STRIDES))})"
     if y.ndim == 3 and _yolo_like(y):
         return "detection", f"{what}: a YOLO-style box head (many anchors x (4 box values + class scores))"
-    if y.ndim == 4 and min(y.shape[2:]) >= 4:
+    if y.ndim == 4 and min(y.shape[2:]) >= 4 and y.shape[1] <= MAX_SEG_CLASSES:
         kind = "a single-channel map" if y.shape[1] == 1 else f"{y.shape[1]} class maps"
         return "segmentation", f"{what}: {kind} over an image"
     return "generic", f"{what}: no task recognized, so tensors are compared"
