@@ -2,7 +2,8 @@
 model's input length.
 
 Our own RIFF reader because the stdlib `wave` module rejects float WAVs (format 3). Only headers are read up
-front (to count windows); samples are read per batch. Resampling (stated method): "sinc" is band-limited
+front (to count windows); each window reads just the frames it (and the resampling kernel) needs, so a long
+recording is never loaded whole. Resampling (stated method): "sinc" is band-limited
 interpolation with a Kaiser-windowed sinc (16 zero crossings, beta 8.6, cutoff 0.95 x the lower Nyquist), done
 directly with numpy per output block (no scipy dependency); "linear" is np.interp (aliases when downsampling).
 A file shorter than a window gives one zero-padded window; a trailing partial window is dropped.
@@ -64,12 +65,14 @@ def read_header(path: Path) -> WavInfo:
                          f"unreadable files out") from None
 
 
-def read_samples(info: WavInfo) -> np.ndarray:
-    """(frames, channels) float32 in [-1, 1]."""
+def read_samples(info: WavInfo, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+    """Frames [start, stop) as (frames, channels) float32 in [-1, 1] (PCM: int / 2^(bits-1)); only those are read."""
     width = info.bits // 8
+    stop = info.frames if stop is None else min(stop, info.frames)
+    start = max(0, min(start, stop))
     with open(info.path, "rb") as f:
-        f.seek(info.offset)
-        raw = f.read(info.frames * info.channels * width)
+        f.seek(info.offset + start * info.channels * width)
+        raw = f.read((stop - start) * info.channels * width)
     n = len(raw) // (width * info.channels) * info.channels
     if info.fmt == 3:
         x = np.frombuffer(raw, "<f4" if width == 4 else "<f8", count=n).astype(np.float32)
@@ -88,27 +91,63 @@ def resampled_length(frames: int, rate_in: int, rate_out: int) -> int:
     return int(np.ceil(frames * rate_out / rate_in))
 
 
-def resample(x: np.ndarray, rate_in: int, rate_out: int, method: str = "sinc", zeros: int = 16,
-             beta: float = 8.6, rolloff: float = 0.95) -> np.ndarray:
-    """Resample a 1-D signal; see the module docstring for the methods."""
+ZEROS, BETA, ROLLOFF = 16, 8.6, 0.95
+
+
+def _half_width(rate_in: int, rate_out: int) -> tuple[float, int]:
+    """(cutoff, half width in input samples) of the sinc kernel."""
+    cutoff = ROLLOFF * min(1.0, rate_out / rate_in)  # 1.0 = the input's Nyquist frequency
+    return cutoff, int(np.ceil(ZEROS / cutoff))
+
+
+def values_at(x: np.ndarray, t: np.ndarray, rate_in: int, rate_out: int, method: str) -> np.ndarray:
+    """The 1-D signal x (zero outside it; linear: held at its ends) at instants t, in input samples."""
+    if method == "linear":
+        return np.interp(t, np.arange(len(x)), x).astype(np.float32) if len(x) else np.zeros(len(t), np.float32)
+    cutoff, half = _half_width(rate_in, rate_out)
+    offs = np.arange(-half + 1, half + 1)
+    out = np.empty(len(t), np.float32)
+    xp = np.concatenate([np.zeros(half, np.float32), x.astype(np.float32), np.zeros(half + 1, np.float32)])
+    for s in range(0, len(t), 4096):
+        tb = t[s:s + 4096]
+        k = np.floor(tb).astype(np.int64)[:, None] + offs[None, :]  # input samples around each output instant
+        k = np.clip(k, -half, len(x) + half)  # beyond the padding every weight meets a zero sample anyway
+        d = tb[:, None] - k
+        w = cutoff * np.sinc(cutoff * d) * np.i0(BETA * np.sqrt(np.clip(1 - (d / half) ** 2, 0, 1))) / np.i0(BETA)
+        out[s:s + len(tb)] = (xp[k + half] * w).sum(axis=1)
+    return out
+
+
+def resample(x: np.ndarray, rate_in: int, rate_out: int, method: str = "sinc") -> np.ndarray:
+    """Resample a whole 1-D signal; see the module docstring for the methods."""
     if rate_in == rate_out or len(x) == 0:
         return x.astype(np.float32)
-    n_out = resampled_length(len(x), rate_in, rate_out)
-    t = np.arange(n_out) * (rate_in / rate_out)  # output instants in input samples
-    if method == "linear":
-        return np.interp(t, np.arange(len(x)), x).astype(np.float32)
-    cutoff = rolloff * min(1.0, rate_out / rate_in)  # in cycles per input sample x 2 (1.0 = input Nyquist)
-    half = int(np.ceil(zeros / cutoff))
-    offs = np.arange(-half + 1, half + 1)
-    out = np.empty(n_out, np.float32)
-    xp = np.concatenate([np.zeros(half, np.float32), x.astype(np.float32), np.zeros(half + 1, np.float32)])
-    for s in range(0, n_out, 4096):
-        tb = t[s:s + 4096]
-        base = np.floor(tb).astype(np.int64)
-        k = base[:, None] + offs[None, :]  # input sample indices around each output instant
-        d = tb[:, None] - k
-        w = cutoff * np.sinc(cutoff * d) * np.i0(beta * np.sqrt(np.clip(1 - (d / half) ** 2, 0, 1))) / np.i0(beta)
-        out[s:s + len(tb)] = (xp[k + half] * w).sum(axis=1)
+    return values_at(x, np.arange(resampled_length(len(x), rate_in, rate_out)) * (rate_in / rate_out),
+                     rate_in, rate_out, method)
+
+
+def read_window(info: WavInfo, start: int, length: int, rate: int, method: str, mono: bool) -> np.ndarray:
+    """Output samples [start, start + length) of the file resampled to `rate` (zero past its end), as
+    (channels, length): only the input frames the window (and the resampling kernel) reach are read."""
+    n_out = resampled_length(info.frames, info.rate, rate)
+    n = np.arange(start, min(start + length, n_out))
+    chans = 1 if mono else info.channels
+    out = np.zeros((chans, length), np.float32)
+    if len(n) == 0:
+        return out
+    if info.rate == rate:
+        x = read_samples(info, int(n[0]), int(n[-1]) + 1)
+        seg, t = x, None
+    else:
+        t = n * (info.rate / rate)
+        margin = 1 if method == "linear" else _half_width(info.rate, rate)[1]
+        a = max(0, int(np.floor(t[0])) - margin)
+        seg = read_samples(info, a, int(np.floor(t[-1])) + margin + 2)
+        t = t - a
+    if mono and seg.shape[1] > 1:
+        seg = seg.mean(axis=1, keepdims=True)  # mix_to_mono (checked at open)
+    for c in range(chans):
+        out[c, :len(n)] = seg[:, c] if t is None else values_at(seg[:, c], t, info.rate, rate, method)
     return out
 
 
@@ -130,23 +169,9 @@ class AudioSource:
     def __len__(self) -> int:
         return len(self.file_of)
 
-    def _signal(self, info: WavInfo) -> np.ndarray:
-        x = read_samples(info)
-        if self.channels == 1 and x.shape[1] > 1:
-            x = x.mean(axis=1, keepdims=True)  # mix_to_mono (checked at open)
-        return np.stack([resample(x[:, c], info.rate, self.cfg.sample_rate, self.cfg.resample)
-                         for c in range(x.shape[1])])
-
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        signals = {fi: self._signal(self.infos[fi]) for fi in np.unique(self.file_of[indices]).tolist()}
-        out = []
-        for i in indices:
-            sig = signals[int(self.file_of[i])]  # each file of the batch is decoded once
-            start = int(self.window_of[i]) * self.hop
-            w = sig[:, start:start + self.window]
-            if w.shape[1] < self.window:
-                w = np.pad(w, ((0, 0), (0, self.window - w.shape[1])))
-            out.append(w)
+        out = [read_window(self.infos[int(self.file_of[i])], int(self.window_of[i]) * self.hop, self.window,
+                           self.cfg.sample_rate, self.cfg.resample, self.channels == 1) for i in indices]
         batch = np.stack(out)  # (N, C, T)
         if len(self.spec.shape) == 2:
             batch = batch[:, 0]

@@ -82,3 +82,17 @@ def test_bad_wavs(tmp_path):
     with pytest.raises(InputError, match="dynamic length .*audio.window"):
         load_data(tmp_path / "ok.wav", input_specs(dyn))
     assert len(load_data(tmp_path / "ok.wav", input_specs(dyn), DataConfig(audio=AudioConfig(window=200)), dyn)) == 4
+
+
+@pytest.mark.parametrize("method", ["sinc", "linear"])
+def test_windows_read_alone_equal_the_whole_file_resampled(tmp_path, method):
+    x = np.random.default_rng(1).uniform(-0.5, 0.5, (5000, 2))
+    write_wav(tmp_path / "a.wav", x, 44100, "float")
+    m = audio_model(300)
+    cfg = DataConfig(seed=3, audio=AudioConfig(resample=method, mix_to_mono=True, hop=170))
+    ds = load_data(tmp_path / "a.wav", input_specs(m), cfg, m)
+    full = resample(x.astype(np.float32).mean(axis=1), 44100, 16000, method)  # 1815 samples
+    assert len(ds) == 1 + (len(full) - 300) // 170
+    got = np.concatenate([b["x"] for b in ds.batches(4)])
+    ref = np.stack([full[w * 170:w * 170 + 300] for w in ds.order])
+    np.testing.assert_allclose(got, ref, atol=1e-6)
