@@ -1,6 +1,7 @@
 """`prune`: remove zeroed channels, or structured channel pruning at a ratio, on ONNX directly."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import click
@@ -48,7 +49,8 @@ def prune_cmd(model, output, ratio, zeroed_only, criterion, scope, align, min_ch
     out = check_output_path(output, model, calibration)
     m = load_model(model)
     check_input_shapes(m, shapes)
-    layout = model_layout(m, layout_items(input_layout))  # checked against the model and the data, before any work
+    items = layout_items(input_layout)  # checked against the model and the data, before any work (no data: none needed)
+    layout = model_layout(m, items) if calibration or items else None
     ds = open_data(calibration, layout, build_data_config(**data_flags), m,
                    None if as_json else (lambda msg: click.echo(msg, err=True))) if calibration else None
     batches = list(ds.feeds(64, calibration_samples)) if ds else None
@@ -98,7 +100,7 @@ def summary(out, rec: dict, verbose: bool = False) -> str:
                       for name, r in layers.items()]
     not_refit = [(t, r.removeprefix("reconstruct: ")) for t, r in skipped if r.startswith("reconstruct:")]
     if not_refit and not verbose:
-        by = Counter(r for _, r in not_refit)
+        by = Counter(re.sub(r" \(group=\d+\)", "", r) for _, r in not_refit)
         lines += [f"  not refit: {n} x {r}" for r, n in by.most_common()]
     if verbose:
         lines += [f"  not refit {t}: {r}" for t, r in not_refit]

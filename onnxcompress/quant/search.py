@@ -36,10 +36,11 @@ def budget_of(config) -> Budget:
 
 def quantize_model(model: onnx.ModelProto, calibration: Optional[Dataset], validation: Optional[Dataset], config,
                    on_best: OnBest = None, progress: Progress = None,
-                   measure: Optional[Measure] = None) -> tuple[onnx.ModelProto, PassRecord]:
+                   measure: Optional[Measure] = None, input_layout: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, PassRecord]:
     """Quantize per `config` (QuantConfig); validation data enables the budgeted search and auto mode.
     Then (config.speed_check_seconds > 0) time FP32 against int8 at batch 1: see speed_guard.
-    `measure` replaces the latency measurement (tests inject latencies)."""
+    `measure` replaces the latency measurement (tests inject latencies). `input_layout`: the
+    --input-layout items, for the random inputs timed when there is no data."""
     check_quantizable(model)
     say = progress or (lambda _m: None)
     data = validation if validation is not None else calibration
@@ -47,7 +48,8 @@ def quantize_model(model: onnx.ModelProto, calibration: Optional[Dataset], valid
     check = config.speed_check_seconds > 0 and not big
     if measure is None:  # auto mode times its candidates even with the speed check off
         def measure(models: dict) -> dict:
-            return _latencies(models, data if data is not None else _random(model), config.speed_check_seconds or 2.0)
+            return _latencies(models, data if data is not None else _random(model, input_layout),
+                              config.speed_check_seconds or 2.0)
     measured = None
     if config.mode == "auto" and validation is not None:
         q, rec, measured = _auto(model, calibration, validation, config, say, on_best, measure)
@@ -60,16 +62,17 @@ def quantize_model(model: onnx.ModelProto, calibration: Optional[Dataset], valid
     else:
         q, rec = _gated(model, calibration, validation, config, say, on_best)
     if check:
-        q, rec = speed_guard(model, q, rec, calibration, validation, config, measure, say, on_best, measured)
+        q, rec = speed_guard(model, q, rec, calibration, validation, config, measure, say, on_best, measured,
+                             input_layout)
     elif big and config.speed_check_seconds > 0:
         rec.skip("speed", "model over 2 GB: FP32 vs int8 not timed; compare them with 'onnxcompress bench'")
     return q, rec
 
 
-def _random(model: onnx.ModelProto) -> Dataset:
-    from ..data import input_specs, random_data
+def _random(model: onnx.ModelProto, input_layout: tuple[str, ...] = ()) -> Dataset:
+    from ..data import model_layout, random_data
 
-    return random_data(input_specs(model), 1)
+    return random_data(model_layout(model, input_layout), 1)
 
 
 def _gated(model, calibration, validation, config, say, on_best):
@@ -198,7 +201,8 @@ def slow_candidates(model: onnx.ModelProto, q: onnx.ModelProto, mode: str, data:
     return slow_layers(q, example_feed(data, 1, model))
 
 
-def speed_guard(model, q, rec, calibration, validation, config, measure: Measure, say, on_best, measured=None):
+def speed_guard(model, q, rec, calibration, validation, config, measure: Measure, say, on_best, measured=None,
+                input_layout: tuple[str, ...] = ()):
     """Time FP32 against int8 at batch 1. When int8 is slower, keep the layers ORT runs slower in int8
     in FP32, re-quantize and re-measure (kept only if faster, and within the budget when there is one).
     A model still slower than FP32 is recorded (stats.speed.slower, a skip with the ratio)."""
@@ -209,7 +213,7 @@ def speed_guard(model, q, rec, calibration, validation, config, measure: Measure
     if speed["speedup"] < 1.0:
         mode = rec.stats.get("mode", config.mode)
         say(f"speed: int8 is {speed['speedup']:.2f}x FP32 at batch 1; looking for layers that are slower in int8")
-        slow = slow_candidates(model, q, mode, data if data is not None else _random(model))
+        slow = slow_candidates(model, q, mode, data if data is not None else _random(model, input_layout))
         speed["slow_layers"] = slow
         retry = _requantize(model, calibration, validation, rec, config, list(slow)) if slow else None
         if retry is not None:
