@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from .common import emit, handle_errors, json_option
+from .common import emit, handle_errors, input_layout_option, json_option, layout_items
+from .dataopts import build_data_config, data_arg, data_options
 
 import dataclasses
 from pathlib import Path
@@ -68,9 +69,10 @@ def _run_convert(model, out_dir, cfg, calibration, validation, as_json, train_da
 @click.command("convert")
 @click.argument("model")
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False))
-@click.option("--calibration", "-c", type=click.Path(), help="Calibration data .npz.")
-@click.option("--validation", "-v", type=click.Path(), help="Validation data .npz (with labels for top-1).")
-@click.option("--config", type=click.Path(), help="PipelineConfig JSON file (see --dump-config).")
+@click.option("--calibration", "-c", type=click.Path(), help="Calibration data .npz, or an image folder, text file or WAV files (streamed).")
+@click.option("--validation", "-v", type=click.Path(), help="Validation data .npz (with labels for top-1), or an image folder "
+              "(class subfolders = labels), text or WAV files.")
+@click.option("--config", type=click.Path(), help="PipelineConfig JSON file (see --dump-config); its 'data' section sets the sources.")
 @click.option("--prune-ratio", type=float, help="Enable ONNX structured pruning at this ratio.")
 @click.option("--no-quantize", is_flag=True)
 @click.option("--runs", type=int, help="Benchmark runs per model.")
@@ -79,10 +81,12 @@ def _run_convert(model, out_dir, cfg, calibration, validation, as_json, train_da
 @click.option("--train-ratio", type=float, help="Torch models: structured pruning ratio, fine-tuned by distillation.")
 @click.option("--train-epochs", type=int, help="Torch models: distillation epochs.")
 @click.option("--train-data", type=click.Path(), help="Torch models: data to distill on (default: the calibration data).")
+@input_layout_option
+@data_options
 @json_option
 @handle_errors
 def convert_cmd(model, output_dir, calibration, validation, config, prune_ratio, no_quantize, runs, inputs, weights,
-                train_ratio, train_epochs, train_data, as_json):
+                train_ratio, train_epochs, train_data, as_json, input_layout, data_flags):
     """Run the stages in order and write a report: [export, prune-distill,] simplify, prune, quantize,
     validate, bench. MODEL is an .onnx file, or with --input a torch model (factory, TorchScript, .pt2)."""
     cfg = _pipeline_from_flags(config, prune_ratio=prune_ratio, no_quantize=no_quantize, runs=runs,
@@ -97,21 +101,55 @@ def convert_cmd(model, output_dir, calibration, validation, config, prune_ratio,
         source = TorchSource(load_any(model, weights), specs, name)
     elif cfg.train.enabled:
         raise InputError("--train-ratio needs a torch model: pass MODEL as a factory with --input (and --weights)")
+    cfg = dataclasses.replace(cfg, data=build_data_config(base=cfg.data, **data_flags))
+    if not inputs:  # images, text, audio: opened and checked here with the data settings, before any work
+        calibration, validation = _open_sources(model, cfg, calibration, validation, as_json)
     _run_convert(source, output_dir, cfg, calibration, validation, as_json, train_data)
+
+
+def _open_sources(model, cfg, calibration, validation, as_json):
+    from ..data import model_layout
+    from ..io import load_model
+
+    if not calibration and not validation:
+        return calibration, validation
+    m = load_model(model)
+    layout = model_layout(m, cfg.data.input_layout)
+    say = None if as_json else (lambda msg: click.echo(msg, err=True))
+    return tuple(data_arg(p, layout, cfg.data, m, say) if p else p for p in (calibration, validation))
 
 
 @click.command("demo")
 @click.option("-o", "--output-dir", default="onnxcompress-demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--runs", type=int, default=300, show_default=True, help="Benchmark runs per model.")
+@click.option("--data", "data_kind", type=click.Choice(["arrays", "images", "text"]), default="arrays", show_default=True,
+              help="images: the bundled arrays written as a Fashion-MNIST PNG folder (class subfolders) first, and "
+                   "read from it; text: a small encoder with its own tokenizer.json, made here, on a .txt file.")
 @json_option
 @handle_errors
-def demo_cmd(output_dir, runs, as_json):
+def demo_cmd(output_dir, runs, data_kind, as_json):
     """Convert the bundled Fashion-MNIST model with the bundled calibration and validation data."""
     for p in (BUNDLED_MODEL, BUNDLED_CALIB, BUNDLED_VAL):
         if not p.is_file():
             raise InputError(f"bundled file {p} is missing; run the demo from a clone of the repository (pip install -e .)")
     cfg = _pipeline_from_flags(None, runs=runs)
-    _run_convert(BUNDLED_MODEL, output_dir, cfg, BUNDLED_CALIB, BUNDLED_VAL, as_json)
+    model, calib, val = BUNDLED_MODEL, BUNDLED_CALIB, BUNDLED_VAL
+    if data_kind != "arrays":
+        from ..sources import demo
+
+        data_dir = Path(output_dir) / f"{data_kind}-data"
+        if data_kind == "images":  # 512 + 500 PNGs, generated at run time (the repository keeps only the arrays)
+            calib = demo.write_fashion_folder(BUNDLED_CALIB, data_dir / "calibration")
+            val = demo.write_fashion_folder(BUNDLED_VAL, data_dir / "validation", limit=500)
+            cfg = dataclasses.replace(cfg, data=demo.fashion_data_config())
+        else:
+            files = demo.write_text_demo(data_dir)
+            model, calib, val = files["model"], files["text"], files["text"]
+            cfg = dataclasses.replace(cfg, data=build_data_config(data_config_file=str(files["data_config"])))
+        if not as_json:
+            click.echo(f"demo data written to {data_dir}", err=True)
+        calib, val = _open_sources(model, cfg, calib, val, as_json)
+    _run_convert(model, output_dir, cfg, calib, val, as_json)
 
 
 COMMANDS = [simplify_cmd, convert_cmd, demo_cmd]
