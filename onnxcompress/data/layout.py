@@ -60,7 +60,8 @@ def fmt(shape: tuple[Dim, ...], axis: Optional[int] = None) -> str:
     """2xNx128: static dims, dim names (or ?), N on the batch axis."""
     if not shape:
         return "scalar"
-    return "x".join("N" if i == axis else (str(d) if static(d) else (d or "?")) for i, d in enumerate(shape))
+    return "x".join("N" if i == axis else (str(d) if static(d) else (d if isinstance(d, str) and d else "?"))
+                    for i, d in enumerate(shape))
 
 
 def parse_input_layout(items: Iterable[str]) -> dict[str, tuple[Optional[int], Optional[float]]]:
