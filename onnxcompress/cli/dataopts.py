@@ -40,7 +40,7 @@ def _size(text: Optional[str]) -> Optional[tuple[int, ...]]:
 
 OPTIONS = [
     click.option("--data-config", "data_config_file", type=click.Path(),
-                 help="DataConfig JSON (the 'data' section of --dump-config, or a whole pipeline config): kind, "
+                 help="DataConfig JSON (a pipeline config's 'data' section, or a whole pipeline config): kind, "
                       "image/text/audio settings; the flags below override it."),
     click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
                  help="Image preprocessing preset (default unit). " + "; ".join(f"{k}: {v[0]}" for k, v in PRESETS.items())),

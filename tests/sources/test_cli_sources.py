@@ -100,3 +100,18 @@ def test_audio_through_the_cli(runner, tmp_path):
     write_wav(tmp_path / "wav2" / "s.wav", np.zeros((800, 2)), 16000)
     res = runner.invoke(main, ["validate", str(am), str(am), "--data", str(tmp_path / "wav2")])
     assert res.exit_code == 2 and "2 channels" in res.output and "--mix-to-mono" in res.output
+
+
+def test_data_config_file_sets_the_preprocessing(runner, tmp_path, setup):
+    mp, imgs = setup
+    cfg = tmp_path / "data.json"
+    cfg.write_text(json.dumps({"seed": None, "image": {"mean": [0.5], "std": [0.25]}}))
+    from onnxcompress.cli.dataopts import build_data_config
+
+    d = build_data_config(data_config_file=str(cfg), std="0.5")  # a flag overrides the file
+    assert d.seed is None and d.image.mean == (0.5,) and d.image.std == (0.5,)
+    res = runner.invoke(main, ["validate", str(mp), str(mp), "--data", str(imgs), "--data-config", str(cfg), "--json"])
+    assert res.exit_code in (0, 1), res.output
+    cfg.write_text(json.dumps({"image": {"preset": "nope"}}))
+    res = runner.invoke(main, ["validate", str(mp), str(mp), "--data", str(imgs), "--data-config", str(cfg)])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and "preset" in res.output
