@@ -96,11 +96,12 @@ def resolve(cfg, input_name: str, shape: tuple, dtype: np.dtype) -> ImageSpec:
     model_hw = (h, w) if h and w else None
     hw = model_hw or preset.get("default_hw")
     resize = cfg.resize or preset.get("resize", "exact")
-    crop: Optional[tuple[int, int]] = tuple(cfg.crop) * (3 - len(cfg.crop)) if cfg.crop else None  # type: ignore
+    crop: Optional[tuple[int, int]] = (cfg.crop[0], cfg.crop[-1]) if cfg.crop else None  # (S,) -> (S, S)
+    if resize == "shorter":
+        crop = crop or hw  # torchvision: Resize(shorter side) then CenterCrop(the model's H x W)
     if cfg.size:
         size = tuple(cfg.size)
     elif resize == "shorter":
-        crop = crop or hw
         if crop is None:
             raise InputError(f"model input '{input_name}' has dynamic height/width; give the image size "
                              f"(--data-config image.size / image.crop)")
@@ -129,17 +130,6 @@ def resolve(cfg, input_name: str, shape: tuple, dtype: np.dtype) -> ImageSpec:
     scale = cfg.scale if cfg.scale is not None else preset.get("scale", 1 / 255)
     dt = np.dtype(cfg.dtype) if cfg.dtype else np.dtype(dtype)
     return ImageSpec(resize, size, crop, float(pad), color, cfg.gray_to_rgb, float(scale), mean, std, layout, dt)
-
-
-def output_hw(spec: ImageSpec, src_hw: tuple[int, int]) -> tuple[int, int]:
-    """Height and width of the preprocessed image."""
-    if spec.crop:
-        return spec.crop
-    if spec.resize in ("exact", "letterbox", "height"):
-        return spec.size  # type: ignore[return-value]
-    if spec.resize == "shorter":
-        return _shorter(src_hw, spec.size[0])
-    return src_hw
 
 
 def _shorter(hw: tuple[int, int], side: int) -> tuple[int, int]:

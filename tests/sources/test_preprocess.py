@@ -108,3 +108,13 @@ def test_image_spec_round_trips_in_the_config():
     assert from_dict(DataConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
     with pytest.raises(Exception, match="preset"):
         from_dict(DataConfig, {"image": {"preset": "nope"}})
+
+
+def test_imagenet_with_an_explicit_resize_side_still_crops_to_the_model(tmp_path):
+    a = np.random.default_rng(5).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    m = image_model(("N", 3, 16, 16))
+    cfg = DataConfig(image=ImageConfig(preset="imagenet", size=(20,)))
+    got = next(open_source(tmp_path, input_specs(m), cfg, m).batches(1))["x"][0]
+    x = _center(_resize(a, 20, 26), 16, 16)  # shorter side 20 (40 * 20 / 30 = 26.7 -> 26), then crop 16
+    np.testing.assert_allclose(got, ((x / 255.0 - IMNET_MEAN) / IMNET_STD).transpose(2, 0, 1), atol=2e-6)
