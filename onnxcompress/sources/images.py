@@ -23,6 +23,16 @@ def is_glob(path: str) -> bool:
     return any(ch in str(path) for ch in "*?[")
 
 
+def glob_root(pattern: str) -> Path:
+    """The folder a glob starts from: its leading parts without wildcards."""
+    parts = []
+    for part in Path(pattern).parts:
+        if is_glob(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
 def list_images(path: str | Path) -> tuple[list[Path], Optional[np.ndarray], list[str]]:
     """Files, labels (ImageFolder: index of the sorted subfolder name) and class names."""
     text = str(path)
@@ -138,7 +148,7 @@ def open_images(path, specs, config, model=None) -> tuple[ImageSource, tuple[str
     spec = preprocess.resolve(config.image, spec_in.name, spec_in.shape, spec_in.dtype)
     files, labels, _classes = list_images(path)
     if config.image.labels_csv:
-        root = Path(path) if not is_glob(str(path)) else Path(glob.escape(str(path))).parent
+        root = Path(path) if not is_glob(str(path)) else glob_root(str(path))
         labels = csv_labels(config.image.labels_csv, root, files)
     return ImageSource(files, labels, spec, spec_in.name, f"images {path}"), ()
 

@@ -60,6 +60,7 @@ def test_glob_and_csv_labels(tmp_path):
     assert len(ds) == 4 and ds.labels is None
     cfg = DataConfig(seed=None, image=ImageConfig(labels_csv=str(tmp_path / "labels.csv")))
     assert open_source(tmp_path / "d", input_specs(m), cfg, m).labels.tolist() == [7, 5, 3, 1]
+    assert open_source(str(tmp_path / "d" / "*" / "*.png"), input_specs(m), cfg, m).labels.tolist() == [7, 5, 3, 1]
     (tmp_path / "labels.csv").write_text("file,label\ncat/0.png,7\n")
     with pytest.raises(InputError, match=r"cat/1.png has no row in .*labels.csv"):
         open_source(tmp_path / "d", input_specs(m), cfg, m)
