@@ -93,11 +93,14 @@ def open_source(path, specs, config: Optional[DataConfig] = None, model=None):
                               i.spec.dtype) for i in layout.batched]
     source, skipped = KINDS[kind](path, canonical, config, model)
     order = sample_order(len(source), config.samples, config.seed)
-    if config.skip_bad and hasattr(source, "files"):
-        from .images import verify
+    if hasattr(source, "files"):  # images: unreadable files found before any work
+        from .images import check_headers, verify
 
-        order, bad = verify(source, order, config.workers)
-        skipped = tuple(skipped) + bad
+        if config.skip_bad:
+            order, bad = verify(source, order, config.workers)
+            skipped = tuple(skipped) + bad
+        else:
+            check_headers(source, order, config.workers)
     if len(order) == 0:
         raise InputError(f"data source {path} holds zero usable samples{f' ({len(skipped)} unreadable)' if skipped else ''}; "
                          f"provide at least one readable sample")

@@ -132,3 +132,11 @@ def test_kind_detection(tmp_path):
     assert detect_kind(tmp_path / "a.txt") == "text"
     assert detect_kind(str(tmp_path / "imgs" / "*" / "*.png")) == "images"
     assert detect_kind(tmp_path / "x.npz") == "arrays"
+
+
+def test_a_non_image_anywhere_stops_before_any_work(tmp_path):
+    make_folder(tmp_path, (40,))
+    (tmp_path / "cat" / "z.png").write_bytes(b"GIF89a not really")  # sorted last: found at open, not mid-stream
+    m = image_model()
+    with pytest.raises(InputError, match=r"cannot decode image .*z.png"):
+        open_source(tmp_path, input_specs(m), DataConfig(seed=None), m)
