@@ -154,7 +154,7 @@ def open_images(path, specs, config, model=None) -> tuple[ImageSource, tuple[str
 
 
 def check_headers(source: ImageSource, indices: np.ndarray, workers: int) -> None:
-    """Before any work: every chosen file opens as an image (header only, no decoding: ~0.1 ms a file), so a
+    """Before any work: every chosen file opens as an image (header only, no decoding: well under 1 ms a file), so a
     non-image or truncated header stops the command before anything runs; damage past the header is found
     when the file is decoded (--skip-bad decodes every file up front instead)."""
     from concurrent.futures import ThreadPoolExecutor

@@ -81,7 +81,7 @@ class TextSource:
         self.pad_id = _pad_id(tokenizer)
         self.names = [s.name for s in specs]
         self.description = f"text {path}"
-        self.labels = self._labels() if cfg.label_column else None
+        self.labels = self._scan() if cfg.label_column or self.suffix == ".jsonl" else None
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -111,15 +111,20 @@ class TextSource:
         row = next(csv.reader(io.StringIO(raw)), [])
         return dict(zip(self.header, row))
 
-    def _labels(self) -> np.ndarray:
+    def _scan(self) -> Optional[np.ndarray]:
+        """Every record parsed once at open, in chunks (a bad .jsonl line stops the command before any work);
+        the integer labels, if a label column is set."""
         out = []
-        for i, rec in enumerate(self._records(range(len(self)))):
-            try:
-                out.append(int(rec[self.label_column]))
-            except (KeyError, ValueError, TypeError):
-                raise InputError(f"{self.path} record {i + 1}: label column '{self.label_column}' is missing or not an "
-                                 f"integer ({rec.get(self.label_column)!r}); give an integer label per record") from None
-        return np.asarray(out, np.int64)
+        for lo in range(0, len(self), 4096):
+            for i, rec in enumerate(self._records(range(lo, min(lo + 4096, len(self)))), lo):
+                if self.label_column is None:
+                    continue
+                try:
+                    out.append(int(rec[self.label_column]))
+                except (KeyError, ValueError, TypeError):
+                    raise InputError(f"{self.path} record {i + 1}: label column '{self.label_column}' is missing or not "
+                                     f"an integer ({rec.get(self.label_column)!r}); give an integer label per record") from None
+        return np.asarray(out, np.int64) if self.label_column else None
 
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         texts = [str(r.get(self.column, "")) for r in self._records(indices)]

@@ -113,3 +113,12 @@ def test_bad_text_records(tmp_path, tok):
     (tmp_path / "e.txt").write_text("\n\n")
     with pytest.raises(InputError, match="holds no samples"):
         load_data(tmp_path / "e.txt", input_specs(m), cfg, m)
+
+
+def test_a_bad_jsonl_line_anywhere_stops_at_open(tmp_path, tok):
+    m = text_model(len(WORDS) + 4)
+    (tmp_path / "d.jsonl").write_text('{"text": "the cat"}\n' * 50 + '{"text": "a dog"\n')
+    from onnxcompress.sources.text import open_text
+
+    with pytest.raises(InputError, match="record 51 is not valid JSON"):
+        open_text(tmp_path / "d.jsonl", input_specs(m), DataConfig(text=TextConfig(tokenizer=str(tok))), m)
