@@ -86,6 +86,69 @@ def materialize_constants(model: onnx.ModelProto) -> int:
     return done
 
 
+# ops whose result on constant inputs onnx's reference evaluator computes exactly as ONNX Runtime does (shape
+# moves, and IEEE-rounded float arithmetic); no Cast or Pow (rounding), nothing random or shape-dependent on data
+FOLDABLE = {"Reshape", "Unsqueeze", "Squeeze", "Transpose", "Flatten", "Identity", "Concat", "Expand", "Slice", "Gather",
+            "Tile", "Add", "Sub", "Mul", "Div", "Neg", "Sqrt", "Reciprocal"}
+MAX_FOLD = 1 << 24  # elements of a folded tensor
+
+
+def fold_constants(model: onnx.ModelProto) -> int:
+    """Replace nodes computing only from constants by initializers holding their output, so a parameter
+    prepared at run time still belongs to its layer: Paddle exports add a conv bias as
+    Add(conv, Reshape(bias, [1, C, 1, 1])), which would otherwise block every channel of that conv. The
+    values come from onnx.reference (the op's own definition). Constants left unused are dropped."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = model.graph
+    if is_big(model):
+        return 0
+    known: dict[str, onnx.TensorProto] = {i.name: i for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            t = next((a.t for a in n.attribute if a.name == "value"), None)
+            if t is not None:
+                known[n.output[0]] = t
+    outputs = {o.name for o in g.output}
+    opset = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    done = 0
+    for node in list(g.node):
+        ins = [i for i in node.input if i]
+        if node.op_type not in FOLDABLE or node.domain not in ("", "ai.onnx") or len(node.output) != 1 or not ins \
+                or any(i not in known or known[i].data_location == onnx.TensorProto.EXTERNAL for i in ins) \
+                or node.output[0] in outputs:
+            continue
+        try:
+            feeds = {i: numpy_helper.to_array(known[i]) for i in ins}
+            one = onnx.helper.make_model(onnx.helper.make_graph(
+                [node], "fold", [onnx.helper.make_tensor_value_info(i, known[i].data_type, None) for i in ins],
+                [onnx.ValueInfoProto(name=node.output[0])]), opset_imports=opset, ir_version=model.ir_version)
+            value = np.asarray(ReferenceEvaluator(one).run(None, feeds)[0])
+        except Exception:  # noqa: BLE001 - a node the reference evaluator cannot compute stays as it is
+            continue
+        if value.size > MAX_FOLD:
+            continue
+        t = numpy_helper.from_array(value, node.output[0])
+        g.initializer.append(t)
+        known[t.name] = g.initializer[-1]
+        if model.ir_version < 4:  # initializers are graph inputs too before IR 4
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        g.node.remove(node)
+        done += 1
+    if done:
+        used = {i for n in g.node for i in node_inputs(n)} | outputs
+        for init in list(g.initializer):
+            if init.name not in used:
+                g.initializer.remove(init)
+        for n in list(g.node):
+            if n.op_type == "Constant" and n.output[0] not in used:
+                g.node.remove(n)
+        for inp in list(g.input):  # old-style models list initializers as inputs too
+            if inp.name not in used and inp.name not in {i.name for i in g.initializer} and inp.name in known:
+                g.input.remove(inp)
+    return done
+
+
 class GraphIndex:
     def __init__(self, model: onnx.ModelProto):
         self.model = model

@@ -16,13 +16,14 @@ from ...io import is_big
 from ...stats import count_params, macs_or_none
 from ..base import PassRecord
 from . import channelwise, layers, structure  # noqa: F401 - importing them registers their handlers
-from .graph import ChannelContext, GraphIndex, materialize_constants, node_inputs
+from .graph import ChannelContext, GraphIndex, fold_constants, materialize_constants, node_inputs
 from .handlers import DEFAULT, HANDLERS, Handler, describe
 
 
 def analyze(model: onnx.ModelProto, exact: bool = True) -> ChannelContext:
     """Walk the graph once (nodes are topologically sorted) and build the channel groups."""
     materialize_constants(model)
+    fold_constants(model)
     ctx = ChannelContext(GraphIndex(model), exact=exact)
     for node in model.graph.node:
         handler = HANDLERS.get(node.op_type, DEFAULT) if node.domain in ("", "ai.onnx") else DEFAULT

@@ -127,6 +127,39 @@ def _quiet(done: int, total: int, what: str) -> None:
     pass
 
 
+def _zero_removable(m: onnx.ModelProto, ctx: ChannelContext, chosen: set[int], why: dict) -> tuple[set[int], set[int]]:
+    """Zero the producer rows of the `chosen` roots in `m`, keeping only those the removal will take: a zeroed
+    channel still carries its bias, and where that constant cannot be folded into the consumer (a MatMul
+    without bias, zero padding) the removal keeps the channel, which would then cost accuracy for nothing.
+    The analysis of the zeroed model says which; those are restored and given the removal's reason in
+    `why`. Returns (roots zeroed, roots restored). Analyses use the same graph, so channel ids agree."""
+    originals = {wname: ctx.index.const(wname) for _, wname, _ in ctx.producers}
+    zeroed: set[str] = set()
+    lost_all: set[int] = set()
+    for _ in range(4):  # each round only shrinks `chosen`
+        for node, wname, ids in ctx.producers:
+            rows = np.isin(ctx.roots(ids), list(chosen))
+            if rows.any():
+                ctx.index.set_const(wname, _zero_rows(node, originals[wname], rows))
+                zeroed.add(wname)
+            elif wname in zeroed:
+                ctx.index.set_const(wname, originals[wname])
+                zeroed.discard(wname)
+        if not chosen:
+            break
+        check = onnx.ModelProto()
+        check.CopyFrom(m)
+        removable, reasons = dead_groups(analyze(check, exact=False))
+        lost = chosen - removable
+        if not lost:
+            break
+        for r in lost:
+            why[r] = reasons.get(r, ("channel pruning", "the zeroed channel would not be removed"))
+        lost_all |= lost
+        chosen = chosen - lost
+    return chosen, lost_all
+
+
 def _structured_removal(model: onnx.ModelProto, ratio: float, criterion: str, scope: str, align: int,
                         min_channels: int, macs: MacCounter, progress: Callable[[int, int, str], None]) -> Removal:
     m = onnx.ModelProto()
@@ -138,17 +171,15 @@ def _structured_removal(model: onnx.ModelProto, ratio: float, criterion: str, sc
     dead, _ = dead_groups(ctx)  # removed with the chosen ones: conflicts depend on the whole set
     refused = chosen - resolve_conflicts(ctx, dead | chosen)
     chosen -= refused
-    for node, wname, ids in ctx.producers:
-        rows = np.isin(ctx.roots(ids), list(chosen))
-        if rows.any():
-            ctx.index.set_const(wname, _zero_rows(node, ctx.index.const(wname), rows))
+    why = {ctx.find(i): reason for i, reason in ctx.blocked.items()}
+    chosen, lost = _zero_removable(m, ctx, chosen, why)
+    refused |= lost
     progress(2, 3, f"removing {len(chosen)} channel groups")
     result = removal(m, exact=False, macs=macs)
     rec = result.record
     failed = next((s for s in rec.skipped if s.reason.startswith(INTERNAL)), None)
     if failed is not None:  # not the zeroed-but-kept model: the input as it was
         return unchanged(model, "prune", failed.reason[len(INTERNAL) + 2:], macs)
-    why = {ctx.find(i): reason for i, reason in ctx.blocked.items()}
     rec.stats["selected_but_kept"] = reasons_summary(why[r] for r in refused)
     for (target, reason), n in Counter(why[r] for r in refused).most_common():
         rec.skip(target, f"{reason} ({n} selected channel{'s' if n > 1 else ''} kept)")

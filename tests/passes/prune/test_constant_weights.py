@@ -71,3 +71,51 @@ def test_ratio_prune_of_constant_node_weights_removes_channels(const_model, tmp_
     x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
     y = run_ort(out, {"input": x})[0]
     assert y.shape == (2, 5) and np.isfinite(y).all()
+
+
+def _paddle_style(tmp_path):
+    """Paddle's export: weights in Constant nodes, a conv bias added as Add(conv, Reshape(bias, [1, C, 1, 1]))
+    (computed at run time, so not a constant until folded). Channels 1 and 4 of the first conv are dead."""
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.standard_normal((6, 3, 3, 3)).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    w1[[1, 4]], b1[[1, 4]] = 0, 0
+    w2, b2 = rng.standard_normal((5, 6, 3, 3)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    fc = rng.standard_normal((5, 4)).astype(np.float32)
+    const = lambda name, a: helper.make_node("Constant", [], [name], value=numpy_helper.from_array(a, name))  # noqa: E731
+    nodes = [const("w1", w1), const("b1", b1), const("w2", w2), const("b2", b2), const("fc", fc),
+             const("shape1", np.array([1, 6, 1, 1], np.int64)), const("shape2", np.array([1, 5, 1, 1], np.int64)),
+             helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["b1", "shape1"], ["rb1"]), helper.make_node("Add", ["c1", "rb1"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["b2", "shape2"], ["rb2"]), helper.make_node("Add", ["c2", "rb2"], ["a2"]),
+             helper.make_node("Relu", ["a2"], ["r2"]), helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("MatMul", ["f", "fc"], ["out"])]
+    g = helper.make_graph(nodes, "paddleish", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [-1, 3, "h", "w"])],
+                          [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [-1, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)])
+    m.ir_version = 6
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, str(tmp_path / "paddleish.onnx"))
+    return tmp_path / "paddleish.onnx"
+
+
+def test_bias_reshaped_at_run_time_does_not_block_pruning(tmp_path):
+    src = _paddle_style(tmp_path)
+    r = CliRunner()
+    exact = r.invoke(main, ["prune", str(src), "-o", str(tmp_path / "z.onnx"), "--zeroed-only"])
+    assert exact.exit_code == 0, exact.output
+    assert _conv_widths(tmp_path / "z.onnx") == [4, 5]
+    x = np.random.default_rng(1).standard_normal((2, 3, 12, 10)).astype(np.float32)
+    ref, got = run_ort(src, {"x": x})[0], run_ort(tmp_path / "z.onnx", {"x": x})[0]
+    assert np.abs(ref - got).max() <= 1e-5 * np.abs(ref).max()
+    ratio = r.invoke(main, ["prune", str(src), "-o", str(tmp_path / "r.onnx"), "--ratio", "0.5", "--align", "1",
+                            "--min-channels", "1"])
+    assert ratio.exit_code == 0, ratio.output
+    # the second conv's weakest channels were selected, but their constant relu(bias) cannot be folded into the
+    # bias-less MatMul: they are kept unchanged (not zeroed and left in place, which would cost accuracy for
+    # nothing), so only the dead channels go and the output is the original's
+    assert _conv_widths(tmp_path / "r.onnx") == [4, 5]
+    assert "selected but kept: dead channel holds constant" in ratio.stdout
+    got = run_ort(tmp_path / "r.onnx", {"x": x})[0]
+    assert np.abs(ref - got).max() <= 1e-5 * np.abs(ref).max()
