@@ -5,7 +5,8 @@ from typing import Optional
 
 import click
 
-from .common import emit, handle_errors, json_option
+from .common import emit, handle_errors, input_layout_option, json_option, layout_items
+from .dataopts import build_data_config, data_options, open_data
 
 from ..config import QuantConfig
 from ..errors import InputError
@@ -110,32 +111,41 @@ def fusion_line(f: dict) -> str:
 @click.command("quantize")
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
-@click.option("--calibration", "-c", type=click.Path(), help="Calibration data (.npz named after the inputs).")
+@click.option("--calibration", "-c", type=click.Path(), help="Calibration data: .npz named after the inputs, or a folder/glob "
+              "of images, a .txt/.jsonl/.csv of text (--tokenizer), WAV files; streamed from disk.")
 @click.option("--validation", "-v", type=click.Path(), help="Validation data for --max-drop and --mode auto.")
 @click.option("--require-fusion", type=float, help="Gate: minimum share of the quantized layers' MACs that ORT runs on int8 kernels "
               "(e.g. 0.95; layers kept in FP32 on purpose do not count); exit 1 below it.")
 @_quant_options
+@input_layout_option
+@data_options
 @json_option
 @handle_errors
-def quantize_cmd(model, output, calibration, validation, require_fusion, as_json, **qopts):
+def quantize_cmd(model, output, calibration, validation, require_fusion, as_json, input_layout, data_flags, **qopts):
     """Quantize MODEL to int8 QDQ (static with calibration data, dynamic, or auto)."""
-    from ..data import input_specs, load_data
-    from ..io import check_output_path, load_model, save_model
+    from ..data import load_data, model_layout
+    from ..backdoor import feeds_from, save_verified
+    from ..io import check_output_path, load_model
     from ..quant.search import quantize_model
 
     cfg = _quant_config(**qopts)
     out = check_output_path(output, model, calibration, validation)
     m = load_model(model)
-    specs = input_specs(m)
-    data = load_data(calibration, specs) if calibration else None
-    val = load_data(validation, specs) if validation else None
+    specs = model_layout(m, layout_items(input_layout))  # checked against the model and the data, before any work
+    dcfg = build_data_config(**data_flags)  # images, text, audio: streamed (see --preset, --tokenizer, ...)
+    say_data = None if as_json else (lambda msg: click.echo(msg, err=True))
+    data = open_data(calibration, specs, dcfg, m, say_data) if calibration else None
+    val = open_data(validation, specs, dcfg, m, say_data) if validation else None
     if data is None and cfg.mode == "static":
         raise InputError("static quantization needs calibration data; pass --calibration DATA.npz or use --mode dynamic")
     if cfg.max_drop is not None and val is None:
         raise InputError("--max-drop needs validation data to measure the drop; pass --validation DATA.npz")
     say = None if as_json else (lambda msg: click.echo(msg, err=True))
     # every improvement is written at once (atomically): a timed-out or interrupted search leaves the best so far
-    q, rec = quantize_model(m, data, val, cfg, on_best=lambda model_, _rec: save_model(model_, out), progress=say)
+    # each is checked first (backdoor): a model that fails is never written
+    feeds = feeds_from(val if val is not None else data, m)
+    q, rec = quantize_model(m, data, val, cfg, progress=say, input_layout=specs.explicit, on_best=lambda model_, rec_: save_verified(
+        model_, out, pass_name="quantize", reference=m, feeds=feeds, record=rec_))
     d = rec.to_dict()
     emit(as_json, d, _summary(out, d))
     # the gates live in the library evaluator (evaluate.gates), like validate's and convert's
