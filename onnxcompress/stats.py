@@ -175,16 +175,20 @@ def _measure(model: onnx.ModelProto, feed: Feed, batch: int, source: str) -> Sha
     return Shapes(dims, max(1, batch), source)
 
 
-def _feed_batch(model: onnx.ModelProto, feed: Feed) -> int:
-    """Samples the model runs on `feed` (a data.Feed knows; else the size of the first batch axis)."""
-    size = getattr(feed, "size", None)
-    if size:
-        return int(size)
-    axes, _ = _batch_axes(model)
-    for name, axis in axes.items():
-        if axis is not None and name in feed and np.ndim(feed[name]) > axis:
-            return int(np.shape(feed[name])[axis])
-    return 1
+def _one_sample(model: onnx.ModelProto, feed: Feed) -> tuple[dict[str, np.ndarray], int]:
+    """`feed` cut to its first sample along each input's batch axis (a fixed-batch model keeps its run), and
+    the samples the model then runs: every intermediate tensor of the run is held at once, so one is enough."""
+    axes, fixed = _batch_axes(model)
+    size = int(getattr(feed, "size", 0) or 0)
+    if fixed:
+        return dict(feed), fixed
+    out = {}
+    for name, v in feed.items():
+        axis = axes.get(name)
+        out[name] = np.take(v, [0], axis=axis) if axis is not None and np.ndim(v) > axis and np.shape(v)[axis] > 1 else v
+    if all(axes.get(n) is None or np.ndim(v) <= axes[n] or np.shape(v)[axes[n]] == 1 for n, v in out.items()):
+        return out, 1
+    return dict(feed), size or 1
 
 
 def _pinned(model: onnx.ModelProto, input_shapes: InputShapes) -> tuple[onnx.ModelProto, dict[str, np.ndarray], int]:
@@ -246,8 +250,8 @@ def model_shapes(model: onnx.ModelProto, feed: Optional[Feed] = None,
                  input_shapes: Optional[InputShapes] = None) -> Shapes:
     """The shapes MACs are counted from (see the module docstring). Raises ShapesNeeded when dynamic
     non-batch dims reach a compute node and neither `feed` nor `input_shapes` is given."""
-    if feed is not None:
-        return _measure(model, feed, _feed_batch(model, feed), "data")
+    if feed is not None and not is_big(model):  # (over 2 GB: no in-memory session; inference below)
+        return _measure(model, *_one_sample(model, feed), "data")
     if input_shapes:
         pinned, zeros, batch = _pinned(model, input_shapes)
         shapes = _infer(pinned, set())
