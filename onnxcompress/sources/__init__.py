@@ -46,7 +46,7 @@ def detect_kind(path, config: Optional[DataConfig] = None) -> str:
         return "arrays"  # data.load_data names the unsupported type
     if p.is_dir():
         seen: set[str] = set()
-        for f in _walk(p, depth=2):
+        for f in _walk(p, depth=3):  # files, class folders, and one level below them
             for kind, exts in EXTS.items():
                 if f.suffix.lower() in exts:
                     seen.add(kind)

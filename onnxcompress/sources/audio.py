@@ -199,8 +199,10 @@ def list_wavs(path) -> tuple[list[Path], Optional[np.ndarray]]:
         if not top:
             raise InputError(f"audio folder {root} holds no .wav files; add WAV files or point to the right folder")
         return top, None
+    from .images import class_ids
+
     files, labels = [], []
-    for k, d in enumerate(subdirs):
+    for k, d in zip(class_ids([d.name for d in subdirs]), subdirs):
         found = sorted(f for f in d.rglob("*.wav") if f.is_file())
         if not found:
             raise InputError(f"label folder {d} holds no .wav files; add files to it or remove the folder")

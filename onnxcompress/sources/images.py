@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -51,13 +52,23 @@ def list_images(path: str | Path) -> tuple[list[Path], Optional[np.ndarray], lis
             raise InputError(f"image folder {root} holds no {'/'.join(EXTS)} files; add images or point to the right folder")
         return top, None, []
     files, labels = [], []
-    for k, d in enumerate(subdirs):
+    ids = class_ids([d.name for d in subdirs])
+    for k, d in zip(ids, subdirs):
         found = sorted(f for f in d.rglob("*") if f.is_file() and _is_image(f))
         if not found:
             raise InputError(f"label folder {d} holds no images ({'/'.join(EXTS)}); add images to it or remove the folder")
         files += found
         labels += [k] * len(found)
     return files, np.asarray(labels, np.int64), [d.name for d in subdirs]
+
+
+def class_ids(names: list[str]) -> list[int]:
+    """Class folder -> label: the folder's number when every folder name starts with one ("3", "03_coat"), so a
+    split missing a class keeps the model's class ids; else its index in sorted order (torchvision ImageFolder)."""
+    nums = [re.match(r"^(\d+)(?:[_\- .].*)?$", n) for n in names]
+    if all(nums) and len({int(m.group(1)) for m in nums}) == len(names):
+        return [int(m.group(1)) for m in nums]
+    return list(range(len(names)))
 
 
 def csv_labels(csv_path: str | Path, root: Path, files: list[Path]) -> np.ndarray:

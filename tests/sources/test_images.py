@@ -140,3 +140,14 @@ def test_a_non_image_anywhere_stops_before_any_work(tmp_path):
     m = image_model()
     with pytest.raises(InputError, match=r"cannot decode image .*z.png"):
         open_source(tmp_path, input_specs(m), DataConfig(seed=None), m)
+
+
+def test_numbered_class_folders_keep_their_numbers(tmp_path):
+    for name in ("02_coat", "07_sneaker"):  # a split without classes 0, 1, 3-6, 8, 9
+        make_folder(tmp_path / name, (1,))
+    m = image_model()
+    ds = open_source(tmp_path, input_specs(m), DataConfig(seed=None), m)
+    assert ds.labels.tolist() == [2, 7]
+    (tmp_path / "cat").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "cat" / "x.png")
+    assert open_source(tmp_path, input_specs(m), DataConfig(seed=None), m).labels.tolist() == [0, 1, 2]  # sorted index
