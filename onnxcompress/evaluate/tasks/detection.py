@@ -185,11 +185,11 @@ class Detection(TaskMetric):
             out["precision"] = percent(self.tp, self.n_cand)
         else:
             self.unavailable["precision"] = "the candidate made no detection on this data"
-        if "recall" in out and "precision" in out:
-            rp = out["recall"] + out["precision"]
-            out["f1"] = 2 * out["recall"] * out["precision"] / rp if rp > 0 else 0.0
+        if self.n_ref:  # 2 tp / (FP32 boxes + candidate boxes): the harmonic mean of recall and precision, and 0
+            # (not undefined) when the candidate finds nothing, so the accuracy search can see it improve
+            out["f1"] = percent(2 * self.tp, self.n_ref + self.n_cand)
         else:
-            self.unavailable["f1"] = self.unavailable.get("recall") or self.unavailable["precision"]
+            self.unavailable["f1"] = self.unavailable["recall"]
         if self.labelled and self.n_truth:
             for who in ("reference", "candidate"):
                 aps = []

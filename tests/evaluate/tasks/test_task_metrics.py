@@ -80,6 +80,8 @@ def test_detection_objectness_and_logits():
     none[:, 4] = 0.0
     t = task({"o": none[None]}, {"o": none[None]}, name="detection")
     assert "recall" not in t["metrics"] and "no detection scoring above 0.25" in t["unavailable"]["recall"]
+    t = task({"o": rows[None]}, {"o": none[None]}, name="detection")  # the candidate finds nothing: F1 0, not undefined
+    assert t["metrics"]["recall"] == 0.0 and t["metrics"]["f1"] == 0.0 and "precision" in t["unavailable"]
     with pytest.raises(InputError, match="YOLO-style output"):
         task({"o": np.zeros((1, 10))}, {"o": np.zeros((1, 10))}, name="detection")
 
