@@ -141,7 +141,7 @@ def test_failed_stage_in_convert_stops_the_pipeline(tmp_path, tiny_model_path, t
 
 
 def test_quantize_on_best_writes_are_checked(tmp_path, tiny_model_path, tiny_data_path, monkeypatch):
-    def broken_quantize(model, calibration, validation, config, on_best=None, progress=None):
+    def broken_quantize(model, calibration, validation, config, on_best=None, **kw):
         from onnxcompress.passes.base import PassRecord
 
         m = onnx.ModelProto()
