@@ -9,10 +9,11 @@ from typing import Any, Optional
 
 
 from .config import PipelineConfig, to_dict
-from .data import Dataset, example_feed, input_specs, load_data
+from .data import Dataset, example_feed, load_data, model_layout
 from .errors import InputError
 from .evaluate.runner import make_session
-from .io import check_output_path, load_model, model_size, save_model
+from .backdoor import feeds_from, save_verified
+from .io import check_output_path, load_model, model_size
 from .passes.base import PassRecord
 from .stats import model_stats
 
@@ -33,7 +34,7 @@ class Stage:
 
 
 def benchmark(paths: dict[str, Path], data: Optional[Dataset], config, provider: Optional[str] = None,
-              progress=None) -> dict[str, dict]:
+              progress=None, input_layout: Optional[tuple[str, ...]] = None) -> dict[str, dict]:
     """Interleaved latency of several models at each batch size and thread count; first model = baseline.
     Returns {model: {"<provider>/t<threads>/b<batch>": summary}} for config.providers (or just `provider`)."""
     import dataclasses
@@ -42,7 +43,7 @@ def benchmark(paths: dict[str, Path], data: Optional[Dataset], config, provider:
 
     if provider is not None:
         config = dataclasses.replace(config, providers=(provider,))
-    return bench_models(paths, data, config, progress=progress)["results"]
+    return bench_models(paths, data, config, progress=progress, input_layout=input_layout)["results"]
 
 
 def _ticks(progress):
@@ -81,9 +82,9 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
         export_rec = export(torch_src.module, torch_src.specs, model_path, config.export)
     src = Path(model_path)
     model = load_model(src)
-    specs = input_specs(model)
-    calib = load_data(calibration, specs) if calibration else None
-    val = load_data(validation, specs) if validation else None
+    layout = model_layout(model, config.data.input_layout)  # checked against the model and the data, before any work
+    calib = load_data(calibration, layout) if calibration else None
+    val = load_data(validation, layout) if validation else None
     if config.quant.enabled and config.quant.mode == "static" and calib is None:
         raise InputError("static quantization needs calibration data; pass --calibration DATA.npz or --mode dynamic")
     out = Path(out_dir)
@@ -95,6 +96,8 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
 
     stages = [Stage("fp32", src, export_rec)]
     current = model
+    # every stage model is checked before it is written (backdoor); a failed check stops here, exit 3
+    feeds = feeds_from(val if val is not None else calib, model)
     sample_data = val if val is not None else calib
     shape_feed = example_feed(sample_data, 1, model) if sample_data is not None else None  # MACs: dynamic H x W, seq
     if config.simplify.enabled:
@@ -102,8 +105,10 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
 
         say("simplify")
         t0 = time.perf_counter()
-        current, rec = simplify(current)
-        stages.append(Stage("simplified", save_model(current, out / f"{stem}.simplified.onnx"), rec, time.perf_counter() - t0))
+        prev, (current, rec) = current, simplify(current)
+        path = save_verified(current, out / f"{stem}.simplified.onnx", pass_name="simplify", reference=prev,
+                             feeds=feeds, exact=True, record=rec)
+        stages.append(Stage("simplified", path, rec, time.perf_counter() - t0))
     if torch_src is not None and config.train.enabled:
         import numpy as np
 
@@ -112,7 +117,7 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
         say("prune-distill")
         t0 = time.perf_counter()
         name = torch_src.specs[0].name
-        tdata = load_data(train_data, specs) if train_data else calib
+        tdata = load_data(train_data, layout) if train_data else calib
         if tdata is None:
             raise InputError("torch-side pruning needs data to distill on; pass --train-data or --calibration")
         vx = np.concatenate([c[name] for c in val.chunks]) if val is not None else None
@@ -126,10 +131,13 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
 
         say("prune")
         t0 = time.perf_counter()
-        batches = (list(calib.batches(config.quant.batch_size, config.prune.calibration_samples))
+        batches = (list(calib.feeds(config.quant.batch_size, config.prune.calibration_samples))
                    if calib and config.prune.reconstruct and config.prune.ratio > 0 else None)
-        current, rec = prune_model(current, config.prune, calibration=batches, feed=shape_feed)
-        stages.append(Stage("pruned", save_model(current, out / f"{stem}.pruned.onnx"), rec, time.perf_counter() - t0))
+        prev, (current, rec) = current, prune_model(current, config.prune, calibration=batches,
+                                                                    feed=shape_feed)
+        path = save_verified(current, out / f"{stem}.pruned.onnx", pass_name="prune", reference=prev, feeds=feeds,
+                             exact=config.prune.zeroed_only or config.prune.ratio == 0, record=rec)
+        stages.append(Stage("pruned", path, rec, time.perf_counter() - t0))
     if config.quant.enabled:
         from .quant.search import quantize_model
 
@@ -142,8 +150,11 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
             qcfg = dataclasses.replace(qcfg, max_drop=config.validate_.max_drop, metric="top1")
         if qcfg.task.name == "auto" and config.validate_.task.name != "auto":  # the search measures what the gates check
             qcfg = dataclasses.replace(qcfg, task=config.validate_.task)
-        current, rec = quantize_model(current, calib, val, qcfg, progress=lambda m: say(f"quantize: {m}"))
-        stages.append(Stage("int8", save_model(current, out / f"{stem}.int8.onnx"), rec, time.perf_counter() - t0))
+        prev, (current, rec) = current, quantize_model(current, calib, val, qcfg, progress=lambda m: say(f"quantize: {m}"),
+                                                       input_layout=config.data.input_layout)
+        path = save_verified(current, out / f"{stem}.int8.onnx", pass_name="quantize", reference=prev, feeds=feeds,
+                             record=rec)
+        stages.append(Stage("int8", path, rec, time.perf_counter() - t0))
 
     say("validate")
     compared: dict[str, dict] = {}  # stage -> compare result against FP32 (evaluate.validate)
@@ -173,7 +184,8 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
                 st.metrics["top1"] = cmp["candidate_top1"]
                 st.metrics["top5"] = cmp["candidate_top5"]
     say("bench")
-    bench = benchmark({st.name: st.path for st in stages}, val or calib, config.bench, progress=_ticks(progress))
+    bench = benchmark({st.name: st.path for st in stages}, val or calib, config.bench, progress=_ticks(progress),
+                      input_layout=config.data.input_layout)
     for st in stages:
         st.metrics["latency"] = bench[st.name]
         timed = [s for s in bench[st.name].values() if "median_ms" in s]

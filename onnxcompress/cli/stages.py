@@ -25,12 +25,14 @@ BUNDLED_VAL = REPO / "calibration" / "fashion_val.npz"
 @handle_errors
 def simplify_cmd(model, output, as_json):
     """Simplify MODEL with onnxsim (constant folding, dead nodes, shapes)."""
-    from ..io import check_output_path, load_model, save_model
+    from ..backdoor import save_verified
+    from ..io import check_output_path, load_model
     from ..passes.simplify import simplify
 
     out = check_output_path(output, model)
-    m, rec = simplify(load_model(model))
-    save_model(m, out)
+    src = load_model(model)
+    m, rec = simplify(src)
+    save_verified(m, out, pass_name="simplify", reference=src, exact=True, record=rec)
     emit(as_json, rec.to_dict(), f"wrote {out}: {rec.stats['nodes_before']} -> {rec.stats['nodes_after']} nodes"
          + "".join(f"\n  skipped {s.target}: {s.reason}" for s in rec.skipped))
 
@@ -43,6 +45,8 @@ def _pipeline_from_flags(config, **kw) -> PipelineConfig:
         cfg = dataclasses.replace(cfg, prune=dataclasses.replace(cfg.prune, enabled=True, ratio=kw["prune_ratio"]))
     if kw.get("runs") is not None:
         cfg = dataclasses.replace(cfg, bench=dataclasses.replace(cfg.bench, runs=kw["runs"]))
+    if kw.get("input_layout"):
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, input_layout=layout_items(kw["input_layout"])))
     if kw.get("train_ratio") is not None:
         train = dataclasses.replace(cfg.train, enabled=True, ratio=kw["train_ratio"])
         if kw.get("train_epochs") is not None:
@@ -90,7 +94,7 @@ def convert_cmd(model, output_dir, calibration, validation, config, prune_ratio,
     """Run the stages in order and write a report: [export, prune-distill,] simplify, prune, quantize,
     validate, bench. MODEL is an .onnx file, or with --input a torch model (factory, TorchScript, .pt2)."""
     cfg = _pipeline_from_flags(config, prune_ratio=prune_ratio, no_quantize=no_quantize, runs=runs,
-                               train_ratio=train_ratio, train_epochs=train_epochs)
+                               train_ratio=train_ratio, train_epochs=train_epochs, input_layout=input_layout)
     source = model
     if inputs:
         from ..pipeline import TorchSource
