@@ -52,12 +52,13 @@ def inspect_cmd(model, provider, data, input_shape, input_layout, as_json):
     MACs are per sample. With dynamic spatial or sequence dims they need the real shapes: give --data or
     --input-shape; without them no MAC figure is printed (one computed with those dims at 1 would be wrong)."""
     from ..data import example_feed, input_specs, load_data, model_layout
-    from ..io import load_model, model_size
+    from ..frontdoor import facts, load as load_front
+    from ..io import model_size
     from ..quant.audit import audit
     from ..stats import check_input_shapes, model_stats, parse_input_shapes
 
     shapes = parse_input_shapes(input_shape)
-    m = load_model(model)
+    m, front = load_front(model)  # what the front door changed is shown below
     check_input_shapes(m, shapes)
     feed = None
     if data:
@@ -74,6 +75,11 @@ def inspect_cmd(model, provider, data, input_shape, input_layout, as_json):
     lines = [f"{model}: {st['size_bytes'] / 1e6:.2f} MB, {st['params']:,} parameters, {macs}",
              "inputs: " + ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))} {i['dtype']}" for i in st["inputs"]),
              "ops: " + ", ".join(f"{k} {v}" for k, v in st["ops"].items())]
+    st["frontdoor"] = {**front.to_dict(), "facts": facts(m, front).to_dict()}
+    if st["frontdoor"]["facts"]["quantized"]:
+        lines.append(f"already quantized: {st['frontdoor']['facts']['quantized']}")
+    if front.changed or front.skipped:
+        lines.append("front door: " + "; ".join(front.changed + [f"{s.target}: {s.reason}" for s in front.skipped]))
     if st["macs"] is None:
         lines.append(st["macs_note"])
     elif st["macs_unknown_nodes"]:
