@@ -126,8 +126,8 @@ def fold_constants(model: onnx.ModelProto) -> int:
             value = np.asarray(ReferenceEvaluator(one).run(None, feeds)[0])
         except Exception:  # noqa: BLE001 - a node the reference evaluator cannot compute stays as it is
             continue
-        if value.size > MAX_FOLD:
-            continue
+        if value.size > min(MAX_FOLD, max(int(np.prod(known[i].dims)) for i in ins)):
+            continue  # a constant that grows (Expand, Tile, broadcasting) stays computed: the file would grow
         t = numpy_helper.from_array(value, node.output[0])
         g.initializer.append(t)
         known[t.name] = g.initializer[-1]

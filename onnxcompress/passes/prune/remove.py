@@ -217,7 +217,9 @@ def _removal(model: onnx.ModelProto, exact: bool, name: str, macs: MacCounter) -
     for (target, reason), n in Counter(reasons.values()).most_common():
         rec.skip(target, f"{reason} ({n} channel{'s' if n > 1 else ''})")
     kept: dict[str, np.ndarray] = {}
-    if removable:
+    if not removable:  # nothing to remove: the model as it came, not its analysed (constant-folded) copy
+        m.CopyFrom(model)
+    else:
         m, kept = apply_removal(ctx, removable, rec)
         if not is_big(m):  # larger models are checked from their file when loaded again
             onnx.checker.check_model(m)
