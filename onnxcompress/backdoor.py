@@ -23,7 +23,8 @@ from .errors import InternalError
 from .passes.base import PassRecord, Skip
 
 RTOL, ATOL = 1e-4, 1e-5  # exact passes: fp32 summation-order noise only (atol scaled by the output's magnitude)
-SYNTHETIC_SIZES = (32, 224)  # dynamic non-batch dims tried after data.random_data's default
+SYNTHETIC_SIZES = (32, 224, 1600)  # dynamic non-batch dims tried after data.random_data's default
+SIGNAL_ONLY = 224  # above this, only 1-D signals (rank <= 2 inputs) grow: an image at 1600 x 1600 costs GBs
 
 
 class OrtFailure(RuntimeError):
@@ -41,7 +42,7 @@ def session(model: onnx.ModelProto, optimize: bool = False):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # ORT's C++ warnings would flood stderr
+    opts.log_severity_level = 4  # ORT's C++ warnings and errors would flood stderr: a failure is raised, not logged
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     try:
@@ -53,9 +54,13 @@ def session(model: onnx.ModelProto, optimize: bool = False):
 def run_model(model_or_session, feeds: dict[str, np.ndarray], optimize: bool = False) -> dict[str, np.ndarray]:
     """Outputs by name (ORT, CPU, optimizations off unless `optimize`); OrtFailure when ORT refuses."""
     sess = session(model_or_session, optimize) if isinstance(model_or_session, onnx.ModelProto) else model_or_session
+    import onnxruntime as ort
+
     names = [o.name for o in sess.get_outputs()]
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # probing shapes that do not fit prints ORT errors we already catch
     try:
-        return dict(zip(names, sess.run(names, feeds)))
+        return dict(zip(names, sess.run(names, feeds, quiet)))
     except _ort_errors() as exc:
         raise OrtFailure(_first_line(exc)) from None
 
@@ -74,7 +79,8 @@ def feeds_from(data, model: onnx.ModelProto, samples: int = 2) -> Optional[dict[
 
 def synthetic_feeds(model: onnx.ModelProto, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Candidate random inputs, smallest first: data.random_data in the model's layout, then every dynamic
-    non-batch dim at 32 and 224 (a CNN with five stride-2 stages needs more than 8 pixels)."""
+    non-batch dim at 32 and 224 (a CNN with five stride-2 stages needs more than 8 pixels), then 1-D signals
+    at 1600 samples (an STFT front end needs a window's worth)."""
     from .data import example_feed, input_specs, model_layout, random_data
     from .errors import InputError
 
@@ -89,14 +95,16 @@ def synthetic_feeds(model: onnx.ModelProto, seed: int = 0) -> Iterator[dict[str,
     for size in SYNTHETIC_SIZES:
         feeds = {}
         for s in specs:
+            free = [a for a, d in enumerate(s.shape) if not (isinstance(d, int) and d > 0)]
+            state_like = len(free) == 1 and free[0] > 0  # [2, N, 128]: a fixed first dim, one free dim = the batch
             shape = []
             for axis, d in enumerate(s.shape):
                 if isinstance(d, int) and d > 0:
                     shape.append(d)
-                elif axis == 0 or (batch_param is not None and d == batch_param):
+                elif axis == 0 or state_like or (batch_param is not None and d == batch_param):
                     shape.append(1)
                 else:
-                    shape.append(size)
+                    shape.append(size if size <= SIGNAL_ONLY or len(s.shape) <= 2 else SIGNAL_ONLY)
             feeds[s.name] = _random(rng, tuple(shape), s.dtype)
         yield feeds
 
