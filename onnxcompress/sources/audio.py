@@ -10,6 +10,7 @@ A file shorter than a window gives one zero-padded window; a trailing partial wi
 """
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,11 @@ def read_header(path: Path) -> WavInfo:
                         raise ValueError(f"unsupported encoding (format {tag}, {bits} bits); use 16-bit PCM or float")
                     if channels < 1 or rate < 1:
                         raise ValueError("zero channels or sample rate")
+                    held = os.path.getsize(path) - f.tell()
+                    if size in (0, 0xFFFFFFFF):  # a streamed WAV whose writer never filled in the length
+                        size = held
+                    elif size > held:
+                        raise ValueError(f"truncated: the header gives {size} data bytes, the file holds {held}")
                     return WavInfo(path, tag, channels, rate, bits, f.tell(), size // (channels * bits // 8))
                 else:
                     f.seek(size + (size & 1), 1)

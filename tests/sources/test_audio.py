@@ -74,6 +74,10 @@ def test_bad_wavs(tmp_path):
     m = audio_model(400)
     write_wav(tmp_path / "ok.wav", sine(300, 16000, 0.05), 16000)
     (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    write_wav(tmp_path / "cut" / "t.wav", sine(300, 16000, 0.05), 16000)
+    (tmp_path / "cut" / "t.wav").write_bytes((tmp_path / "cut" / "t.wav").read_bytes()[:-100])
+    with pytest.raises(InputError, match=r"cannot read WAV .*t.wav \(truncated"):
+        load_data(tmp_path / "cut" / "t.wav", input_specs(m))
     with pytest.raises(InputError, match=r"cannot read WAV .*broken.wav.*--skip-bad"):
         load_data(tmp_path, input_specs(m))
     ds = load_data(tmp_path, input_specs(m), DataConfig(skip_bad=True), m)
