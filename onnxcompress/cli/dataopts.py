@@ -52,7 +52,7 @@ OPTIONS = [
     click.option("--tokenizer", type=click.Path(), default=None, help="Text data: the model's tokenizer.json."),
     click.option("--text-column", default=None, help="Text data: .jsonl key / .csv column of the text [text]."),
     click.option("--label-column", default=None, help="Text data: .jsonl key / .csv column of an integer label."),
-    click.option("--max-length", type=int, default=None, help="Text data: pad/truncate to this length (default: the model's, else dynamic per batch)."),
+    click.option("--max-length", type=int, default=None, help="Text data: truncate to this length (default: the model's static length, padded to it; else 128, each batch padded to its longest)."),
     click.option("--sample-rate", type=int, default=None, help="Audio data: resample WAV files to this rate [16000]."),
     click.option("--mix-to-mono", is_flag=True, default=None, help="Audio data: average the channels of multi-channel WAVs."),
     click.option("--seed", type=int, default=None,
