@@ -197,7 +197,7 @@ def build_data(m, cache: Path, paths: dict, rebuild: bool) -> tuple[Path, Path]:
     return calib, val
 
 
-def run_model(m, cache: Path, commands: list[str], timeout: float, rebuild: bool, cells: list, infos: list) -> None:
+def run_model(m, cache: Path, commands: list[str], timeout: float, rebuild: bool, cells: list, infos: list, keep: bool) -> None:
     t0 = time.time()
     path, warn = fetch(m, cache, log)
     if warn:
@@ -215,9 +215,16 @@ def run_model(m, cache: Path, commands: list[str], timeout: float, rebuild: bool
     ref = J.run(J.session(path), fs)
     if time.time() - t0 > 2:
         log(f"{m.name}: model and data ready ({time.time() - t0:.0f} s)")
-    runs = cache / "runs" / m.name
-    shutil.rmtree(runs, ignore_errors=True)
-    runs.mkdir(parents=True)
+    (cache / "runs").mkdir(parents=True, exist_ok=True)  # one folder per run: concurrent zoo runs share the cache
+    runs = Path(tempfile.mkdtemp(prefix=f"{m.name}-", dir=cache / "runs"))
+    try:
+        _run_commands(m, cache, commands, timeout, path, calib, val, fs, ref, runs, cells)
+    finally:
+        if not keep:
+            shutil.rmtree(runs, ignore_errors=True)
+
+
+def _run_commands(m, cache, commands, timeout, path, calib, val, fs, ref, runs, cells) -> None:
     int8 = None
     for cmd in commands:
         out = runs / f"{cmd}.onnx"
@@ -246,6 +253,17 @@ def run_model(m, cache: Path, commands: list[str], timeout: float, rebuild: bool
         log(f"{m.name} {cmd}: {cls} ({p['seconds']:.1f} s) {detail[:140]}")
 
 
+def where(detail: str) -> str:
+    """For an exit-3 line naming a saved traceback: the innermost onnxcompress frame, as file:line function."""
+    import re
+
+    m = re.search(r"traceback in (\S+?\.txt)", detail or "")
+    if not m or not Path(m.group(1)).exists():
+        return ""
+    frames = re.findall(r'File "[^"]*?(onnxcompress/[^"]+)", line (\d+), in (\S+)', Path(m.group(1)).read_text())
+    return f" @ {frames[-1][0]}:{frames[-1][1]} {frames[-1][2]}" if frames else ""
+
+
 def render(infos: list, cells: list, commands: list[str]) -> str:
     lines = ["Models:"]
     for i in infos:
@@ -266,7 +284,7 @@ def render(infos: list, cells: list, commands: list[str]) -> str:
     lines += ["", "Details:"]
     for c in cells:
         extra = f" [{'; '.join(c['notes'])}]" if c.get("notes") else ""
-        lines.append(f"  {c['model']} {c['command']}: {c['class']} rc={c.get('rc')} {c.get('seconds', 0)}s | {c['detail']}{extra}")
+        lines.append(f"  {c['model']} {c['command']}: {c['class']} rc={c.get('rc')} {c.get('seconds', 0)}s | {c['detail']}{where(c['detail'])}{extra}")
     return "\n".join(lines)
 
 
@@ -279,6 +297,7 @@ def main(argv_: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per command")
     ap.add_argument("--rebuild-data", action="store_true", help="rebuild the .npz data even when cached")
     ap.add_argument("--list", action="store_true", help="list the models and exit")
+    ap.add_argument("--keep", action="store_true", help="keep the written models (CACHE/runs/MODEL-xxxx/)")
     ap.add_argument("--code", type=Path, help="run the CLI from this onnxcompress source tree instead of the installed one "
                     "(e.g. `git archive HEAD | tar -x -C DIR`; a .zoo_commit file there names the commit)")
     ap.add_argument("--render", type=Path, nargs="+", help="print the table from these --json files (merged) and exit")
@@ -306,7 +325,7 @@ def main(argv_: list[str] | None = None) -> int:
     infos: list = []
     for m in models:
         try:
-            run_model(m, args.cache, commands, args.timeout, args.rebuild_data, cells, infos)
+            run_model(m, args.cache, commands, args.timeout, args.rebuild_data, cells, infos, args.keep)
         except Exception as exc:  # fetch or data failure for one model: say so, go on with the others
             log(f"{m.name}: could not prepare ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
             cells += [{"model": m.name, "command": c, "class": "SKIP", "detail": f"preparation failed: {exc}"} for c in commands
