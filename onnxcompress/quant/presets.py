@@ -33,11 +33,13 @@ class OpPlan:
 
 
 def model_family(model: onnx.ModelProto) -> str:
-    """'transformer' when the graph has attention (Softmax fed by a MatMul) or LayerNorm with MatMuls;
-    'hybrid' when it also has Conv; 'cnn' when it has Conv only; otherwise 'other'."""
+    """'transformer' when the graph has attention (Softmax fed by a MatMul of two activations, Q.K^T; a
+    classifier head's MatMul with weights + Softmax is not attention) or LayerNorm with MatMuls; 'hybrid'
+    when it also has Conv; 'cnn' when it has Conv only; otherwise 'other'."""
     ops = {n.op_type for n in model.graph.node}
     by_out = {o: n for n in model.graph.node for o in n.output}
-    attention = any(n.op_type == "Softmax" and _from(by_out, n.input[0], "MatMul") for n in model.graph.node)
+    scores = set(attention_matmuls(model))
+    attention = any(n.op_type == "Softmax" and _from(by_out, n.input[0], "MatMul", scores) for n in model.graph.node)
     if attention or ("MatMul" in ops and ({"LayerNormalization", "SimplifiedLayerNormalization"} & ops)):
         return "hybrid" if ops & CNN_ANCHORS else "transformer"
     if "Conv" in ops:
@@ -45,15 +47,17 @@ def model_family(model: onnx.ModelProto) -> str:
     return "other"
 
 
-def _from(by_out: dict[str, onnx.NodeProto], tensor: str, op: str, depth: int = 4) -> bool:
-    """Is `tensor` produced by `op` within `depth` elementwise steps (scale Div/Mul, mask Add)?"""
+def _from(by_out: dict[str, onnx.NodeProto], tensor: str, op: str, names: set, depth: int = 6) -> bool:
+    """Is `tensor` produced by an `op` node named in `names` within `depth` elementwise steps (scale Div/Mul, mask Add) or reshapes
+    (PaddlePaddle's opset-11/12 exports flatten the scores to 2-D around Softmax)?"""
     for _ in range(depth):
         node = by_out.get(tensor)
         if node is None:
             return False
         if node.op_type == op:
-            return True
-        if node.op_type not in ("Div", "Mul", "Add", "Where", "Cast"):
+            return node.name in names
+        if node.op_type not in ("Div", "Mul", "Add", "Where", "Cast", "Flatten", "Reshape", "Transpose", "Squeeze",
+                                "Unsqueeze", "Identity"):
             return False
         tensor = node.input[0]
     return False

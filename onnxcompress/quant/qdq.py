@@ -115,6 +115,12 @@ def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, work
     big = is_big(model)
     prep = Prepared(onnx.load(str(pre_path), load_external_data=not big), pre_path if big else None, choice, mode)
     prep.notes = notes
+    if not big:
+        from .fold import fold_conv_affine
+
+        prep.model, rec = fold_conv_affine(prep.model)
+        if rec.stats["folded"]:
+            prep.records.append(rec)
     plan = default_plan(prep.model, tuple(config.op_types))
     prep.op_types, prep.op_types_why, prep.auto_exclude = plan.op_types, plan.why, plan.attention
     prep.float_nodes, prep.regions = plan.float_nodes, plan.regions
