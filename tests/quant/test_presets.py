@@ -118,3 +118,23 @@ def test_hybrid_quantizes_convs_as_a_cnn_and_the_encoder_as_a_transformer(tmp_pa
     ref, got = run_ort(m, x)[0], run_ort(q, x)[0]
     cos = (ref * got).sum(-1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(got, axis=-1)
     assert cos.min() > 0.995
+
+
+def test_attention_is_a_softmax_over_two_activations_seen_through_reshapes():
+    from onnx import TensorProto, helper, numpy_helper
+
+    def graph(scores_from_weights: bool):
+        w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+        cw = numpy_helper.from_array(np.ones((4, 1, 1, 1), np.float32), "cw")
+        nodes = [helper.make_node("Conv", ["img", "cw"], ["c"], name="conv"),
+                 helper.make_node("MatMul", ["x", "w" if scores_from_weights else "x"], ["s"], name="scores"),
+                 helper.make_node("Flatten", ["s"], ["f"], name="flat"),  # PaddlePaddle's opset-11 Softmax
+                 helper.make_node("Softmax", ["f"], ["y"], name="softmax")]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4]),
+                                           helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, 4, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4]),
+                               helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 4, 2, 2])], [w, cw])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)])
+
+    assert model_family(graph(scores_from_weights=False)) == "hybrid"  # Q.K^T -> Flatten -> Softmax
+    assert model_family(graph(scores_from_weights=True)) == "cnn"  # a classifier head: MatMul(x, W) -> Softmax
