@@ -29,6 +29,17 @@ def _per_channel(v: np.ndarray, channels: int, rank: int) -> Optional[np.ndarray
     return np.broadcast_to(v.reshape(-1) if v.size > 1 else v.reshape(1), (channels,)).astype(np.float32)
 
 
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name read inside the subgraphs (If/Loop/Scan bodies) of `graph`'s nodes, recursively:
+    outer-scope values they use must keep their names and producers."""
+    out: set[str] = set()
+    for n in graph.node:
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                out |= {i for m in g.node for i in m.input} | _subgraph_reads(g)
+    return out
+
+
 def fold_conv_affine(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassRecord]:
     """A copy of `model` with every Conv -> Mul(const) / Add(const) chain folded into the Conv."""
     rec = PassRecord("fold-affine")
@@ -36,7 +47,7 @@ def fold_conv_affine(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassRecor
     m.CopyFrom(model)
     g = m.graph
     inits = {i.name: i for i in g.initializer}
-    outputs = {o.name for o in g.output}
+    outputs = {o.name for o in g.output} | _subgraph_reads(g)  # names that must stay as they are
     consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node  # Constant nodes (Paddle's scalars)
               if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"}
     changed = True
@@ -97,3 +108,25 @@ def fold_conv_affine(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassRecor
     g.initializer.extend(keep)
     rec.stats["folded"] = len(rec.changed)
     return m, rec
+
+
+def flat_gemm_bias(model: onnx.ModelProto) -> int:
+    """Gemm biases of shape [1, N] become [N], in place (the same broadcast over [M, N]). ORT's
+    pre-processing writes MatMul + Add(bias [1, N]) as such a Gemm, and ORT's quantizer then fails on it
+    (ValueError in _adjust_weight_scale_for_int32_bias: it reads the bias as a vector). Returns the count."""
+    inits = {i.name: i for i in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    for name in _subgraph_reads(model.graph):
+        readers[name] = readers.get(name, 0) + 1
+    done = 0
+    for n in model.graph.node:
+        if n.op_type != "Gemm" or len(n.input) < 3 or n.input[2] not in inits or readers.get(n.input[2]) != 1:
+            continue
+        t = inits[n.input[2]]
+        if len(t.dims) == 2 and t.dims[0] == 1:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).reshape(-1), t.name))
+            done += 1
+    return done

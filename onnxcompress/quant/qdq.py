@@ -116,10 +116,11 @@ def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, work
     prep = Prepared(onnx.load(str(pre_path), load_external_data=not big), pre_path if big else None, choice, mode)
     prep.notes = notes
     if not big:
-        from .fold import fold_conv_affine
+        from .fold import flat_gemm_bias, fold_conv_affine
 
         prep.model, rec = fold_conv_affine(prep.model)
-        if rec.stats["folded"]:
+        rec.stats["gemm_bias_flattened"] = flat_gemm_bias(prep.model)
+        if rec.stats["folded"] or rec.stats["gemm_bias_flattened"]:
             prep.records.append(rec)
     plan = default_plan(prep.model, tuple(config.op_types))
     prep.op_types, prep.op_types_why, prep.auto_exclude = plan.op_types, plan.why, plan.attention
@@ -231,6 +232,8 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
 
 def _finish(qmodel: onnx.ModelProto, rec: PassRecord, excluded: tuple[str, ...]) -> None:
     check_finite_scales(qmodel)
+    if _toposort(qmodel):
+        rec.stats["reordered"] = True
     if not is_big(qmodel):
         try:  # an attribute the opset does not allow (per-channel axis below 13) is caught here, before any write
             onnx.checker.check_model(qmodel)
@@ -355,6 +358,45 @@ def check_finite_scales(model: onnx.ModelProto) -> None:
                     f"quantization produced a non-finite or zero scale for tensor '{node.input[0]}'; "
                     "check the calibration data for Inf/NaN or exclude that node"
                 )
+
+
+def _toposort(model: onnx.ModelProto) -> bool:
+    """Order the nodes so that each comes after the producers of what it reads, counting the outer-scope
+    values its If/Loop bodies read. ORT's quantizer can move a node that only a subgraph reads after that
+    subgraph's node (ORT runs it, onnx.checker refuses it). Stable; returns True when it moved anything."""
+    from .fold import _subgraph_reads
+
+    nodes = list(model.graph.node)
+    prod = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    deps = []
+    for i, n in enumerate(nodes):
+        reads = set(n.input)
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                reads |= {x for m in g.node for x in m.input} | _subgraph_reads(g)
+        deps.append({prod[r] for r in reads if r in prod and prod[r] != i})
+    import heapq
+
+    users: dict[int, list[int]] = {}
+    for i, d in enumerate(deps):
+        for j in d:
+            users.setdefault(j, []).append(i)
+    left = [len(d) for d in deps]
+    ready = [i for i, k in enumerate(left) if k == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:  # Kahn's algorithm, lowest original index first (stable)
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in users.get(i, []):
+            left[j] -= 1
+            if left[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) < len(nodes) or order == list(range(len(nodes))):  # a cycle is left for the checker to name
+        return False
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[i] for i in order)
+    return True
 
 
 def _bad_node(exc: Exception) -> str:

@@ -59,3 +59,52 @@ def test_quantize_folds_before_quantizing():
     assert not {"lab_mul", "lab_add", "bn_mul", "bn_add"} & {n.name for n in q.graph.node}
     ref, got = run_ort(m, {"x": x[:8]})[0], run_ort(q, {"x": x[:8]})[0]
     assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
+
+
+def test_gemm_bias_of_shape_1xn_quantizes():
+    """ORT's pre-processing writes MatMul + Add([1, N]) as Gemm(C=[1, N]); ORT's quantizer then failed with
+    a ValueError (jax2tf's magika model). The bias is flattened to [N]: same broadcast."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((1, 8)).astype(np.float32), "b")]
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+                           helper.make_node("Add", ["h", "b"], ["y"], name="bias")], "dense",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 15)])
+    m.ir_version = 8
+    x = rng.standard_normal((32, 16)).astype(np.float32)
+    q, rec = quantize(m, Dataset([{"x": x}], None, "t"), QuantConfig(mode="static"))
+    assert rec.stats["fold-affine"]["gemm_bias_flattened"] == 1
+    ref, got = run_ort(m, {"x": x})[0], run_ort(q, {"x": x})[0]
+    assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
+
+
+def test_values_read_by_a_subgraph_keep_their_names():
+    """A Constant that only an If body reads stays; a Conv output an If body reads is not renamed."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 2, 1, 1)).astype(np.float32), "w")
+    k2 = numpy_helper.from_array(np.array([3.0], np.float32), "k2")
+    k = helper.make_node("Constant", [], ["k"], name="k", value=numpy_helper.from_array(np.array([2.0], np.float32)))
+    body = lambda name, src: helper.make_graph(  # noqa: E731
+        [helper.make_node("Mul", [src, "k"], [name + "_o"], name=name)], name, [],
+        [helper.make_tensor_value_info(name + "_o", TensorProto.FLOAT, [1, 4, 3, 3])])
+    nodes = [k, helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Mul", ["c", "k"], ["y"], name="scale"),  # folds; only the If bodies still read `k`
+             helper.make_node("Conv", ["x", "w"], ["c2"], name="conv2"),
+             helper.make_node("Mul", ["c2", "k2"], ["y2"], name="scale2"),  # must not fold: the If reads c2
+             helper.make_node("If", ["flag"], ["z"], name="if", then_branch=body("then", "c2"),
+                              else_branch=body("else", "y"))]
+    g = helper.make_graph(nodes, "sub", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3]),
+                                         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 3, 3]) for n in ("y", "y2", "z")], [w, k2])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    f, rec = fold_conv_affine(m)
+    onnx.checker.check_model(f)
+    assert rec.stats["folded"] == 1 and {"k", "scale2", "conv2"} <= {n.name for n in f.graph.node}
+    x = rng.standard_normal((1, 2, 3, 3)).astype(np.float32)
+    for flag in (True, False):
+        feeds = {"x": x, "flag": np.array(flag)}
+        for a, b in zip(run_ort(m, feeds), run_ort(f, feeds)):
+            assert np.allclose(a, b, rtol=1e-5, atol=1e-6)

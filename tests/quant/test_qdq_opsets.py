@@ -141,3 +141,25 @@ def test_already_quantized_is_refused_by_the_library_and_the_cli(tmp_path):
     assert r.exit_code == 2 and "already quantized" in r.stderr and "Traceback" not in r.output
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "q.onnx").exists() and pre.read_bytes() == before
+
+
+def test_toposort_counts_what_subgraphs_read():
+    """ORT's quantizer can leave a node that only an If body reads after the If (silero-vad at opset 15):
+    ORT runs it, onnx.checker refuses it. _toposort moves the producer first."""
+    from onnxcompress.quant.qdq import _toposort
+
+    body = lambda name: helper.make_graph(  # noqa: E731
+        [helper.make_node("Identity", ["late"], [name + "_o"], name=name)], name, [],
+        [helper.make_tensor_value_info(name + "_o", TensorProto.FLOAT, [2])])
+    nodes = [helper.make_node("If", ["flag"], ["z"], name="if", then_branch=body("a"), else_branch=body("b")),
+             helper.make_node("Relu", ["x"], ["late"], name="late")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+                                       helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 15)])
+    m.ir_version = 8
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(m)
+    assert _toposort(m) and [n.name for n in m.graph.node] == ["late", "if"]
+    onnx.checker.check_model(m)
+    assert not _toposort(m)  # already in order: untouched
