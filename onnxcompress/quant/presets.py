@@ -129,3 +129,24 @@ def default_op_types(model: onnx.ModelProto, requested: tuple[str, ...]) -> tupl
     """The op types to quantize and why (empty tuple = every op ORT can quantize, see default_plan for hybrids)."""
     plan = default_plan(model, requested)
     return plan.op_types, plan.why
+
+
+def mixed_range_concats(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
+                        ratio: float = 16.0) -> list[tuple[str, str]]:
+    """Concats that join tensors whose calibrated spans differ by more than `ratio`, as (node, reason).
+
+    A QDQ Concat has one scale for its output: an input spanning 1/ratio of it keeps fewer than
+    256/ratio levels. A YOLOv8 head concatenates box coordinates (0..640) with class scores (0..1):
+    with one uint8 scale every score rounds to 0 or 2.5 and all detections vanish while the cosine of
+    the output stays 0.998 (measured on a real YOLOv8n). Kept FP32, the Concat reads float inputs."""
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "Concat" or not n.name:
+            continue
+        spans = [ranges[t][1] - ranges[t][0] for t in n.input if t in ranges]
+        if len(spans) < 2 or min(spans) <= 0:
+            continue
+        if max(spans) > ratio * min(spans):
+            out.append((n.name, f"kept FP32: joins tensors whose ranges differ {max(spans) / min(spans):.0f}x "
+                                f"(one int8 scale would leave the smallest fewer than {256 * min(spans) / max(spans):.0f} levels)"))
+    return out

@@ -31,7 +31,7 @@ from ..io import is_big, save_model
 from ..passes.base import PassRecord
 from .audit import audit
 from .calibrate import CalibrationResult, calibrate
-from .presets import default_plan
+from .presets import default_plan, mixed_range_concats
 from .target import TargetChoice, choose
 
 _QTYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -136,6 +136,10 @@ def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, work
         prep.model = _fp32_passes(prep, calibration, config, n)
     prep.calibration = calibrate(prep.model, feeds(calibration, config.batch_size, n, prep.model), config.calibration,
                                  config.percentile, model_path=prep.path)
+    if not config.op_types:  # a Concat of very different ranges would erase the smaller input (YOLO heads)
+        mixed = mixed_range_concats(prep.model, prep.calibration.ranges)
+        prep.auto_exclude = tuple(dict.fromkeys(prep.auto_exclude + tuple(name for name, _ in mixed)))
+        prep.skipped.extend(mixed)
     return prep
 
 
