@@ -86,7 +86,8 @@ def _quantized(model: onnx.ModelProto) -> tuple[Optional[str], dict[str, int]]:
     counts = Counter(n.op_type for n in _all_nodes(model.graph)
                      if n.op_type in QDQ_OPS | QOPERATOR_OPS | DYNAMIC_OPS or n.op_type.startswith("QLinear"))
     if not counts:
-        return None, {}
+        cast = _int8_weight_casts(model)
+        return (f"weight-only int8 (Cast of {cast} int8 weight tensors to float)", {"Cast": cast}) if cast else (None, {})
     ops = dict(sorted(counts.items()))
     if any(op in QOPERATOR_OPS or op.startswith("QLinear") for op in counts):
         kind = "QOperator"
@@ -95,6 +96,16 @@ def _quantized(model: onnx.ModelProto) -> tuple[Optional[str], dict[str, int]]:
     else:
         kind = "QDQ"
     return f"{kind} ({', '.join(f'{k} x{v}' for k, v in ops.items())})", ops
+
+
+def _int8_weight_casts(model: onnx.ModelProto) -> int:
+    """Casts of int8/uint8 weight tensors (>= 16 values) to a float type: weights stored int8 and dequantized
+    in the graph (Cast, then Mul by a scale), as some exporters compress a model."""
+    small = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    weights = {i.name for i in model.graph.initializer if i.data_type in small and np.prod(i.dims) >= 16}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    return sum(1 for n in model.graph.node if n.op_type == "Cast" and n.input and n.input[0] in weights
+               and any(a.name == "to" and a.i in floats for a in n.attribute))
 
 
 def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

@@ -12,6 +12,9 @@ import onnx
 from ..io import is_big
 from .base import PassRecord
 
+GROWTH_LIMIT = 1.2  # simplified / input serialized size; above it (and GROWTH_FLOOR bytes more) the input is kept
+GROWTH_FLOOR = 1 << 20  # tiny models may grow a few bytes when a constant branch folds
+
 
 def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassRecord]:
     rec = PassRecord("simplify")
@@ -35,6 +38,13 @@ def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassRecord]:
         return model, rec
     if not ok:
         rec.skip("model", "onnxsim's own check found the simplified model differs; kept as is")
+        rec.stats["nodes_after"] = rec.stats["nodes_before"]
+        return model, rec
+    grown = simplified.ByteSize() / max(1, model.ByteSize())
+    if grown > GROWTH_LIMIT and simplified.ByteSize() - model.ByteSize() > GROWTH_FLOOR:  # e.g. int8 weights dequantized by Cast/Mul: folding stores them as float32
+        rec.skip("model", f"onnxsim's constant folding would grow the model {grown:.1f}x "
+                          f"({model.ByteSize() / 1e6:.1f} -> {simplified.ByteSize() / 1e6:.1f} MB: it expands compressed "
+                          "weights such as int8 weights dequantized by Cast/Mul); kept as is")
         rec.stats["nodes_after"] = rec.stats["nodes_before"]
         return model, rec
     after = Counter(n.op_type for n in simplified.graph.node)

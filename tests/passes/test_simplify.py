@@ -47,3 +47,39 @@ def test_unfoldable_model_is_kept_without_crash():
     out, rec = simplify(m)
     assert [n.op_type for n in out.graph.node] == ["Add", "Add"]
     assert rec.stats["nodes_after"] == 2
+
+
+def int8_weight_model():
+    """Weights stored int8 and dequantized in the graph (Cast -> Mul by a scale): onnxsim would fold them
+    into float32 initializers, 4x the size."""
+    q = numpy_helper.from_array(np.random.default_rng(0).integers(-127, 127, (1024, 1024)).astype(np.int8), "wq")
+    s = numpy_helper.from_array(np.array(0.01, np.float32), "ws")
+    nodes = [helper.make_node("Cast", ["wq"], ["wf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["wf", "ws"], ["w"]),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    g = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1024])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1024])], [q, s])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_folding_that_grows_the_model_is_refused_and_the_input_kept():
+    from onnxcompress.frontdoor import quantized_kind
+
+    m = int8_weight_model()
+    assert quantized_kind(m).startswith("weight-only int8 (Cast of 1 int8")
+    out, rec = simplify(m)
+    assert out is m and out.ByteSize() < 1.1e6
+    assert any("grow the model" in s.reason for s in rec.skipped)
+    x = np.random.default_rng(1).standard_normal((3, 1024)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], run_ort(m, {"x": x})[0])
+
+
+def test_quantize_refuses_weight_only_int8_in_one_line():
+    import pytest
+
+    from onnxcompress.config import QuantConfig
+    from onnxcompress.errors import InputError
+    from onnxcompress.quant.qdq import quantize
+
+    with pytest.raises(InputError, match="already quantized: weight-only int8"):
+        quantize(int8_weight_model(), None, QuantConfig(mode="dynamic"))
