@@ -155,7 +155,7 @@ class QuantConfig:
     max_drop: Optional[float] = None  # budget in points of `metric`; None = no search (auto: 1.0)
     max_drop_relative: bool = False  # max_drop is a percent of the reference value
     metric: str = "auto"  # "auto" (the task's metric, evaluate.tasks: top1 with labels / agreement for classifiers) | "top1" | "agreement" | "cosine"
-    fallback_seconds: float = 600.0
+    fallback_seconds: float = 180.0  # the accuracy search stops here, keeping the best model so far
     fallback_layers: int = 16
     # batch-1 FP32 vs int8 timing after quantizing (seconds, interleaved, one thread): layers ORT runs slower in
     # int8 are kept FP32, and a model still slower than FP32 is reported; 0 = off

@@ -167,7 +167,7 @@ def sensitivity(prep: Prepared, qmodel: onnx.ModelProto, data: Dataset, samples:
 
 
 def fallback_search(model: onnx.ModelProto, calibration: Dataset, validation: Dataset, config, budget: Budget,
-                    seconds: float = 600.0, max_layers: int = 16, on_best: OnBest = None,
+                    seconds: float = 180.0, max_layers: int = 16, on_best: OnBest = None,
                     progress: Progress = None) -> tuple[onnx.ModelProto, PassRecord]:
     """Quantize with `config`, then exclude layers greedily until the drop fits `budget`."""
     say = progress or (lambda _msg: None)
