@@ -6,6 +6,7 @@ import time
 import click
 
 from .common import emit, handle_errors, input_layout_option, json_option, layout_items
+from .quant import fusion_line
 
 input_shape_option = click.option(
     "--input-shape", "input_shape", multiple=True, metavar="NAME:DIMS",
@@ -22,15 +23,6 @@ class StepPrinter:
 
     def __call__(self, done: int, total: int, what: str) -> None:
         click.echo(f"{self.command}: {what} [{time.perf_counter() - self.t0:.1f} s]", err=True)
-
-
-def _fusion_text(f: dict) -> str:
-    if f.get("share_basis") == "nodes":
-        share = f"{100 * f['int8_mac_share']:.1f}% of the compute nodes (MACs unknown: dynamic dims)"
-    else:
-        share = f"{100 * f['int8_mac_share']:.1f}% of all MACs, {100 * f['fused_share']:.1f}% of the quantized MACs"
-    return (f"int8 kernels: {f['int8_nodes']}/{f['compute_nodes']} compute nodes, {share} "
-            f"({len(f['float_islands'])} float islands)")
 
 
 def _macs(r: dict) -> str:
@@ -87,7 +79,7 @@ def inspect_cmd(model, provider, data, input_shape, input_layout, as_json):
                      + ", ".join(st["macs_unknown_nodes"][:5]) + (", ..." if len(st["macs_unknown_nodes"]) > 5 else ""))
     f = st["fusion"]
     if f.get("available"):
-        lines.append(f"{provider}: " + _fusion_text(f))
+        lines.append(f"{provider}: " + fusion_line(f))
         lines += [f"  float island: {r['node']} ({r['op']} -> {r['kernel']}, {_macs(r)})" for r in f["float_islands"][:20]]
         if f["kept_fp32"]:
             known = [r["macs"] for r in f["kept_fp32"] if r["macs"] is not None]

@@ -104,8 +104,12 @@ def _summary(out, rec: dict) -> str:
 
 
 def fusion_line(f: dict) -> str:
-    return (f"int8 kernels: {f['int8_nodes']}/{f['compute_nodes']} compute nodes, {100 * f['int8_mac_share']:.1f}% of all "
-            f"MACs, {100 * f['fused_share']:.1f}% of the quantized MACs ({len(f['float_islands'])} float islands)")
+    if f.get("share_basis") == "nodes":
+        share = f"{100 * f['int8_mac_share']:.1f}% of the compute nodes (MACs unknown: dynamic dims)"
+    else:
+        share = f"{100 * f['int8_mac_share']:.1f}% of all MACs, {100 * f['fused_share']:.1f}% of the quantized MACs"
+    return (f"int8 kernels: {f['int8_nodes']}/{f['compute_nodes']} compute nodes, {share} "
+            f"({len(f['float_islands'])} float islands)")
 
 
 @click.command("quantize")

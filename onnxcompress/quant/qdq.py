@@ -25,7 +25,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from ..data import Dataset, feeds
+from ..data import Dataset, example_feed, feeds
 from ..errors import InputError, InternalError
 from ..io import is_big, save_model
 from ..passes.base import PassRecord
@@ -230,11 +230,12 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
         rec.changed.append(f"{brec.name}: {len(brec.changed)} biases corrected")
         rec.stats[brec.name] = brec.stats
         rec.skipped.extend(brec.skipped)
-    _finish(qmodel, rec, excluded)
+    _finish(qmodel, rec, excluded, calibration)
     return qmodel, rec
 
 
-def _finish(qmodel: onnx.ModelProto, rec: PassRecord, excluded: tuple[str, ...]) -> None:
+def _finish(qmodel: onnx.ModelProto, rec: PassRecord, excluded: tuple[str, ...],
+            data: Optional[Dataset] = None) -> None:
     check_finite_scales(qmodel)
     if _toposort(qmodel):
         rec.stats["reordered"] = True
@@ -244,8 +245,10 @@ def _finish(qmodel: onnx.ModelProto, rec: PassRecord, excluded: tuple[str, ...])
         except onnx.checker.ValidationError as exc:
             raise InternalError(f"quantize produced an invalid model: {str(exc).strip().splitlines()[0]} "
                                 f"({_bad_node(exc)})") from None
-        fusion = audit(qmodel)
-        rec.stats["fusion"] = {k: fusion[k] for k in ("int8_mac_share", "fused_share", "int8_nodes", "compute_nodes")}
+        # MAC shares on the shapes of one real sample (dynamic H x W would otherwise count nodes)
+        fusion = audit(qmodel, feed=example_feed(data, 1, qmodel) if data is not None else None)
+        rec.stats["fusion"] = {k: fusion[k] for k in ("int8_mac_share", "fused_share", "int8_nodes", "compute_nodes",
+                                                      "share_basis") if k in fusion}
         rec.stats["fusion"]["float_islands"] = [f"{r['node']} ({r['op']} -> {r['kernel']})" for r in fusion["float_islands"]]
     counts = _count_q(qmodel)
     rec.stats.update(counts)
