@@ -37,6 +37,9 @@ from .target import TargetChoice, choose
 _QTYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 _KEEP_DQ = {"QuantizeLinear", "DequantizeLinear", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity",
             "Gather", "Slice", "Split", "Concat", "Expand", "Tile", "MaxPool", "Resize", "DepthToSpace", "SpaceToDepth"}
+# float ops that blow up where an int8 rounding turns a small positive input into 0 (log(0) = -inf, 1/0):
+# they read the float tensor (a mel spectrogram's Log gave -inf outputs after int8 rounding; measured)
+_ZERO_SENSITIVE = {"Log", "Reciprocal", "Div", "Pow", "Sqrt"}
 
 
 @dataclass
@@ -211,7 +214,7 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
     # (data-movement ops keep the DequantizeLinear: ORT moves Q/DQ across them to reach the int8 op)
     float_nodes = set(prep.float_nodes)
     unquantized = tuple(n.name for n in qmodel.graph.node if n.name and n.op_type not in _KEEP_DQ and (
-        (prep.op_types and n.op_type not in prep.op_types) or n.name in float_nodes))
+        (prep.op_types and n.op_type not in prep.op_types) or n.name in float_nodes or n.op_type in _ZERO_SENSITIVE))
     if (everything_fp32 or unquantized) and prep.mode == "static":
         rec.stats["float_inputs_restored"], left = keep_fp32(qmodel, prep.model, everything_fp32 + unquantized)
         for why in left:

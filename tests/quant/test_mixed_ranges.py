@@ -56,3 +56,29 @@ def test_concat_of_similar_ranges_is_left_to_ort():
     g = helper.make_graph([node, node2], "g", [], [])
     found = dict(mixed_range_concats(helper.make_model(g), ranges))
     assert list(found) == ["cat2"] and "20x" in found["cat2"]
+
+
+def test_log_reads_the_float_tensor_so_small_values_do_not_become_minus_inf():
+    """A mel-spectrogram-like tail: power = conv^2 + eps, then Log. Rounded to int8 on a scale set by the
+    largest power, small powers become exactly 0 and Log gives -inf; Log must read the float tensor."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(1e-6, np.float32), "eps")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="stft_conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "c"], ["p"], name="power"),
+             helper.make_node("Add", ["p", "eps"], ["pe"], name="add_eps"),
+             helper.make_node("Log", ["pe"], ["y"], name="log")]
+    g = helper.make_graph(nodes, "mel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    x = rng.standard_normal((16, 1, 8, 8)).astype(np.float32)
+    x[0] *= 1e-3  # a quiet sample: its powers are far below one int8 step
+    q, _ = quantize(m, Dataset([{"x": x}], None, "test"), QuantConfig(mode="static"))
+    log = next(n for n in q.graph.node if n.op_type == "Log")
+    assert {n.op_type for n in q.graph.node if log.input[0] in n.output} == {"Add"}  # not a DequantizeLinear
+    out = run_ort(q, {"x": x})[0]
+    assert np.isfinite(out).all()
+    ref = run_ort(m, {"x": x})[0]
+    loud = ref > 1.0  # powers above e: well inside the int8 range
+    assert np.abs(out[loud] - ref[loud]).mean() < 0.05
