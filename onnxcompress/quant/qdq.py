@@ -37,9 +37,24 @@ from .target import TargetChoice, choose
 _QTYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 _KEEP_DQ = {"QuantizeLinear", "DequantizeLinear", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity",
             "Gather", "Slice", "Split", "Concat", "Expand", "Tile", "MaxPool", "Resize", "DepthToSpace", "SpaceToDepth"}
-# float ops that blow up where an int8 rounding turns a small positive input into 0 (log(0) = -inf, 1/0):
-# they read the float tensor (a mel spectrogram's Log gave -inf outputs after int8 rounding; measured)
-_ZERO_SENSITIVE = {"Log", "Reciprocal", "Div", "Pow", "Sqrt"}
+
+
+def _zero_sensitive(model: onnx.ModelProto) -> set[str]:
+    """Nodes whose float result blows up where int8 rounding turns a small positive input into 0, so they
+    read the float tensor (a mel spectrogram's Log gave -inf outputs; measured): Log, Reciprocal, a Div by
+    a computed tensor, a Pow with a computed or negative exponent. A Div by a constant (hardswish's /6) is
+    not: it stays quantizable."""
+    consts = {i.name: i for i in model.graph.initializer}
+    consts.update({n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant" and n.attribute})
+    out = set()
+    for n in model.graph.node:
+        if n.op_type in ("Log", "Reciprocal"):
+            out.add(n.name)
+        elif n.op_type in ("Div", "Pow") and len(n.input) > 1:
+            c = consts.get(n.input[1])
+            if c is None or (n.op_type == "Pow" and (onnx.numpy_helper.to_array(c) < 0).any()):
+                out.add(n.name)
+    return out
 
 
 @dataclass
@@ -212,9 +227,9 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
     # ops outside op_types read a tensor's shared DequantizeLinear when another consumer is quantized
     # (a LayerNorm output feeding both a projection and the residual Add): give them the float tensor
     # (data-movement ops keep the DequantizeLinear: ORT moves Q/DQ across them to reach the int8 op)
-    float_nodes = set(prep.float_nodes)
+    float_nodes = set(prep.float_nodes) | _zero_sensitive(prep.model)
     unquantized = tuple(n.name for n in qmodel.graph.node if n.name and n.op_type not in _KEEP_DQ and (
-        (prep.op_types and n.op_type not in prep.op_types) or n.name in float_nodes or n.op_type in _ZERO_SENSITIVE))
+        (prep.op_types and n.op_type not in prep.op_types) or n.name in float_nodes))
     if (everything_fp32 or unquantized) and prep.mode == "static":
         rec.stats["float_inputs_restored"], left = keep_fp32(qmodel, prep.model, everything_fp32 + unquantized)
         for why in left:
