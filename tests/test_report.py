@@ -133,7 +133,8 @@ def test_report_renders_in_chromium(tmp_path, tiny_model_path, tiny_data_path):
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-500:]
     assert '<table id="stages">' in dom.stdout and dom.stdout.count("<svg") == 2
-    assert dom.stdout.count("<tr>") == 4  # header + fp32, simplified, int8
+    stages = dom.stdout.split('<table id="stages">')[1].split("</table>")[0]
+    assert stages.count("<tr>") == 4  # header + fp32, simplified, int8 (gate and int8-recipe tables follow)
     shot = tmp_path / "shot.png"
     run = subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
                          capture_output=True, text=True, timeout=120)
@@ -144,5 +145,5 @@ def test_report_renders_in_chromium(tmp_path, tiny_model_path, tiny_data_path):
     dark = sum(1 for r in top for i in range(0, len(r), 3) if r[i] < 100 and r[i + 1] < 100 and r[i + 2] < 100)
     assert dark > 2000  # text was drawn (a blank or error page has almost none)
     palette = {tuple(int(c[k:k + 2], 16) for k in (1, 3, 5)) for c in COLORS[:3]}
-    seen = {tuple(r[i:i + 3]) for r in top for i in range(0, len(r), 3)}
+    seen = {tuple(r[i:i + 3]) for r in rows for i in range(0, len(r), 3)}  # plots follow the gate tables
     assert len(palette & seen) >= 2, "the plot points (coloured circles) were not rendered"
