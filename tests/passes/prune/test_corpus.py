@@ -347,7 +347,8 @@ def quiet_ort():
 
 
 @pytest.mark.usefixtures("quiet_ort")
-@pytest.mark.parametrize("source", ["node", *DIRS[1:], "light"])
+# the ~1,000 node models take ~40 s (front door + back door on each): CI's second, slow step runs them
+@pytest.mark.parametrize("source", [pytest.param("node", marks=pytest.mark.slow), *DIRS[1:], "light"])
 def test_backend_corpus(source):
     if source not in ("node", "light") and not (DATA / source).exists() or \
             source == "light" and not any((DATA / "light" / f"{n}.onnx").exists() for n in LIGHT):
