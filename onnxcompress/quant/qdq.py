@@ -357,7 +357,10 @@ def _copy_missing_inits(model: onnx.ModelProto, fp32: onnx.ModelProto, node: onn
 
 
 def _drop_unused(model: onnx.ModelProto) -> None:
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    from .fold import _subgraph_reads
+
+    inner = _subgraph_reads(model.graph)  # values If/Loop bodies read are used too
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output} | inner
     changed = True
     while changed:
         changed = False
@@ -365,7 +368,7 @@ def _drop_unused(model: onnx.ModelProto) -> None:
             if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in n.output):
                 model.graph.node.remove(n)
                 changed = True
-        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output} | inner
     keep = [i for i in model.graph.initializer if i.name in used]
     if len(keep) != len(model.graph.initializer):
         del model.graph.initializer[:]

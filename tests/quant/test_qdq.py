@@ -69,3 +69,29 @@ def test_equalization_defaults_on_for_per_tensor_weights_only():
     _, per_tensor = quantize(tiny_cnn(), data(), QuantConfig(per_channel=False))
     _, per_channel = quantize(tiny_cnn(), data(), QuantConfig())
     assert per_tensor.stats["equalize"]["pairs"] >= 1 and "equalize" not in per_channel.stats
+
+
+def test_unused_cleanup_keeps_values_that_only_an_if_body_reads():
+    """ORT's pre-processing turns a Constant that only an If body reads into an initializer; the Q/DQ cleanup
+    after keeping nodes FP32 dropped it, and onnx.checker refused the model (silero-vad op15 with -v)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxcompress.quant.qdq import _drop_unused
+
+    inner = helper.make_graph([helper.make_node("Add", ["x", "outer_c"], ["t"])], "then", [],
+                              [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2])])
+    g = helper.make_graph([helper.make_node("If", ["cond"], ["y"], then_branch=inner, else_branch=other)], "g",
+                          [helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                           helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                          [numpy_helper.from_array(np.ones(2, np.float32), "outer_c"),
+                           numpy_helper.from_array(np.ones(2, np.float32), "unused")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    _drop_unused(m)
+    assert [i.name for i in m.graph.initializer] == ["outer_c"]
+    onnx.checker.check_model(m, full_check=True)
+    out = run_ort(m, {"cond": np.array(True), "x": np.zeros(2, np.float32)})[0]
+    np.testing.assert_array_equal(out, np.ones(2, np.float32))
