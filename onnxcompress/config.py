@@ -161,6 +161,7 @@ class QuantConfig:
     # int8 are kept FP32, and a model still slower than FP32 is reported; 0 = off
     speed_check_seconds: float = 3.0
     task: TaskConfig = field(default_factory=TaskConfig)  # what the search measures (auto: guessed from the outputs)
+    quality_check: bool = True  # without validation data: the task metric vs FP32 on calibration samples, warned
 
     def validate(self) -> None:
         _choice("mode", self.mode, ("static", "dynamic", "auto"))

@@ -1,6 +1,7 @@
 """`quantize` (and model inspection): int8 QDQ."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import click
@@ -8,7 +9,7 @@ import click
 from .common import emit, handle_errors, input_layout_option, json_option, layout_items
 from .dataopts import build_data_config, data_options, open_data
 
-from ..config import QuantConfig
+from ..config import TASKS, QuantConfig
 from ..errors import InputError
 from ..evaluate.gates import quantize_verdict
 
@@ -100,6 +101,12 @@ def _summary(out, rec: dict) -> str:
                     if kept else ""))
         if speed.get("slower"):
             text += f"\nwarning: {speed['warning']}"
+    quality = st.get("quality")
+    if quality:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in list(quality["metrics"].items())[:4])
+        text += f"\nquality on {quality['samples']} calibration samples ({quality['task']} vs FP32): {shown}"
+        text += "".join(f"\nwarning: {line} (on calibration data; pass -v VAL to search for a model that keeps it)"
+                        for line in quality["failures"])
     return text
 
 
@@ -120,19 +127,28 @@ def fusion_line(f: dict) -> str:
 @click.option("--validation", "-v", type=click.Path(), help="Validation data for --max-drop and --mode auto.")
 @click.option("--require-fusion", type=float, help="Gate: minimum share of the quantized layers' MACs that ORT runs on int8 kernels "
               "(e.g. 0.95; layers kept in FP32 on purpose do not count); exit 1 below it.")
+@click.option("--task", type=click.Choice(TASKS), default="auto", show_default=True,
+              help="What the model does: the metric the search (-v) optimizes and, without -v, the check on "
+                   "calibration data; auto guesses from the output shapes.")
+@click.option("--task-output", help="The output the task metric reads (default: the first).")
+@click.option("--task-param", "task_params", multiple=True, metavar="KEY=VALUE",
+              help="Task setting, repeatable (see validate --help).")
 @_quant_options
 @input_layout_option
 @data_options
 @json_option
 @handle_errors
-def quantize_cmd(model, output, calibration, validation, require_fusion, as_json, input_layout, data_flags, **qopts):
+def quantize_cmd(model, output, calibration, validation, require_fusion, as_json, input_layout, data_flags,
+                 task, task_output, task_params, **qopts):
     """Quantize MODEL to int8 QDQ (static with calibration data, dynamic, or auto)."""
     from ..data import load_data, model_layout
     from ..backdoor import feeds_from, save_verified
     from ..io import check_output_path, load_model
     from ..quant.search import quantize_model
 
-    cfg = _quant_config(**qopts)
+    from .evaluate import _task_config
+
+    cfg = dataclasses.replace(_quant_config(**qopts), task=_task_config(task, task_output, task_params))
     out = check_output_path(output, model, calibration, validation)
     m = load_model(model)
     specs = model_layout(m, layout_items(input_layout))  # checked against the model and the data, before any work

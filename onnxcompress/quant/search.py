@@ -66,6 +66,16 @@ def quantize_model(model: onnx.ModelProto, calibration: Optional[Dataset], valid
                              input_layout)
     elif big and config.speed_check_seconds > 0:
         rec.skip("speed", "model over 2 GB: FP32 vs int8 not timed; compare them with 'onnxcompress bench'")
+    if validation is None and calibration is not None and config.quality_check and not big:
+        from .quality import calibration_quality
+
+        say("checking the int8 model's task metric against FP32 on the calibration data")
+        quality = calibration_quality(model, q, calibration, config)
+        if quality is not None:
+            rec.stats["quality"] = quality
+            for line in quality["failures"]:
+                rec.skip("quality", f"on {quality['samples']} calibration samples: {line}; pass -v VAL (the search "
+                                    "keeps the layers that break it in FP32) or check with 'onnxcompress validate'")
     return q, rec
 
 

@@ -10,10 +10,13 @@ from onnxcompress.quant.presets import mixed_range_concats
 from onnxcompress.quant.qdq import quantize
 
 
-def yolo_head(c=8, classes=3):
+def yolo_head(c=8, classes=3, sharp=1.0):
+    """`sharp` scales the class logits: confident scores, far from the detection threshold."""
     rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((4 + classes, c, 1, 1)).astype(np.float32) * 0.5
+    w1[4:] *= sharp
     inits = [numpy_helper.from_array(rng.standard_normal((c, 3, 3, 3)).astype(np.float32) * 0.3, "w0"),
-             numpy_helper.from_array(rng.standard_normal((4 + classes, c, 1, 1)).astype(np.float32) * 0.5, "w1"),
+             numpy_helper.from_array(w1, "w1"),
              numpy_helper.from_array(np.array([4, classes], np.int64), "split"),
              numpy_helper.from_array(np.array(80.0, np.float32), "stride"),
              numpy_helper.from_array(np.array([0, 4 + classes, -1], np.int64), "shape")]
