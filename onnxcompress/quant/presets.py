@@ -40,7 +40,8 @@ def model_family(model: onnx.ModelProto) -> str:
     by_out = {o: n for n in model.graph.node for o in n.output}
     scores = set(attention_matmuls(model))
     attention = any(n.op_type == "Softmax" and _from(by_out, n.input[0], "MatMul", scores) for n in model.graph.node)
-    if attention or ("MatMul" in ops and ({"LayerNormalization", "SimplifiedLayerNormalization"} & ops)):
+    norm = bool({"LayerNormalization", "SimplifiedLayerNormalization"} & ops) or bool(decomposed_norms(model))
+    if attention or ("MatMul" in ops and norm):
         return "hybrid" if ops & CNN_ANCHORS else "transformer"
     if "Conv" in ops:
         return "cnn"
@@ -61,6 +62,33 @@ def _from(by_out: dict[str, onnx.NodeProto], tensor: str, op: str, names: set, d
             return False
         tensor = node.input[0]
     return False
+
+
+_RESHAPES = {"Expand", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity"}
+
+
+def decomposed_norms(model: onnx.ModelProto) -> set[str]:
+    """Sqrt nodes of a LayerNorm/RMSNorm written out in elementwise ops (jax2tf, tf2onnx, older exporters):
+    Sqrt(ReduceMean/ReduceSum(...) [+ eps]). They anchor a transformer region like LayerNormalization:
+    quantized on ORT's defaults, the mean/variance chain's Sub/Mul/ReduceSum rounded a real byte-level
+    classifier (magika) to 46% agreement with FP32; with only MatMul/Conv quantized, 100%."""
+    by_out = {o: n for n in model.graph.node for o in n.output}
+    found = set()
+    for n in model.graph.node:
+        if n.op_type != "Sqrt" or not n.name:
+            continue
+        t = n.input[0]
+        frontier = [t]
+        for _ in range(8):  # variance = E[x^2] - E[x]^2 (Sub), clamped (Max), + eps (Add), scaled, broadcast
+            producers = [by_out[x] for x in frontier if x in by_out]
+            if any(p.op_type in ("ReduceMean", "ReduceSum") for p in producers):
+                found.add(n.name)
+                break
+            frontier = [x for p in producers if p.op_type in ("Add", "Sub", "Mul", "Div", "Max") for x in p.input]
+            frontier += [p.input[0] for p in producers if p.op_type in _RESHAPES]
+            if not frontier:
+                break
+    return found
 
 
 def attention_matmuls(model: onnx.ModelProto) -> tuple[str, ...]:
@@ -85,8 +113,9 @@ def regions(model: onnx.ModelProto) -> dict[str, str]:
     adj = [[prod[t] for t in n.input if t in prod] + [j for o in n.output for j in cons.get(o, [])] for n in nodes]
     label: dict[int, tuple[int, str]] = {}
     queue: deque[int] = deque()
+    norms = decomposed_norms(model)
     for i, n in enumerate(nodes):  # transformer anchors first: at equal distance they win
-        if n.op_type in TRANSFORMER_ANCHORS:
+        if n.op_type in TRANSFORMER_ANCHORS or n.name in norms:
             label[i] = (0, "transformer")
             queue.append(i)
     for i, n in enumerate(nodes):

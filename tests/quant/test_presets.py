@@ -138,3 +138,50 @@ def test_attention_is_a_softmax_over_two_activations_seen_through_reshapes():
 
     assert model_family(graph(scores_from_weights=False)) == "hybrid"  # Q.K^T -> Flatten -> Softmax
     assert model_family(graph(scores_from_weights=True)) == "cnn"  # a classifier head: MatMul(x, W) -> Softmax
+
+
+def _elementwise_layernorm_mlp():
+    """x -> MatMul -> LayerNorm written out in elementwise ops (mean, E[x^2] - mean^2, Max(0, .), + eps, Sqrt,
+    Reciprocal, broadcast by Expand), as jax2tf/tf2onnx export it -> MatMul."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
+    inits = [c("w1", rng.standard_normal((16, 32)) * 0.3), c("w2", rng.standard_normal((32, 4)) * 0.3),
+             c("inv_n", 1 / 32), c("zero", 0.0), c("eps", 1e-6),
+             numpy_helper.from_array(np.array([-1], np.int64), "axes"), numpy_helper.from_array(np.array([1, 32], np.int64), "shape")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="dense0"),
+             helper.make_node("ReduceSum", ["h", "axes"], ["s"], name="sum"),
+             helper.make_node("Mul", ["s", "inv_n"], ["mean"], name="mean"),
+             helper.make_node("Mul", ["h", "h"], ["h2"], name="square"),
+             helper.make_node("ReduceSum", ["h2", "axes"], ["s2"], name="sum2"),
+             helper.make_node("Mul", ["s2", "inv_n"], ["ex2"], name="ex2"),
+             helper.make_node("Mul", ["mean", "mean"], ["m2"], name="mean_sq"),
+             helper.make_node("Sub", ["ex2", "m2"], ["var"], name="var"),
+             helper.make_node("Max", ["zero", "var"], ["varc"], name="clamp"),
+             helper.make_node("Expand", ["varc", "shape"], ["varb"], name="broadcast"),
+             helper.make_node("Add", ["varb", "eps"], ["ve"], name="add_eps"),
+             helper.make_node("Sqrt", ["ve"], ["sd"], name="rsqrt"),
+             helper.make_node("Reciprocal", ["sd"], ["inv"], name="rsqrt_inv"),
+             helper.make_node("Sub", ["h", "mean"], ["hc"], name="center"),
+             helper.make_node("Mul", ["hc", "inv"], ["hn"], name="normalize"),
+             helper.make_node("MatMul", ["hn", "w2"], ["y"], name="dense1")]
+    g = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def test_layernorm_written_out_elementwise_is_a_transformer_anchor():
+    from onnxcompress.quant.presets import decomposed_norms
+
+    m = _elementwise_layernorm_mlp()
+    assert decomposed_norms(m) == {"rsqrt"} and model_family(m) == "transformer"
+    x = np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)
+    q, rec = quantize(m, Dataset([{"x": x}], None, "t"), QuantConfig(mode="static"))
+    quantized = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
+    assert not quantized & {"s", "h2", "var", "hc", "inv"}  # the statistics chain stays float
+    ref, got = run_ort(m, {"x": x})[0], run_ort(q, {"x": x})[0]
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() > 0.99
