@@ -6,7 +6,7 @@ from collections import Counter
 
 import click
 
-from ..config import PruneConfig
+from ..config import TASKS, PruneConfig, TaskConfig
 from .common import emit, handle_errors, input_layout_option, json_option, layout_items
 from .dataopts import build_data_config, data_options, open_data
 from .inspect import StepPrinter, input_shape_option
@@ -27,6 +27,13 @@ from .inspect import StepPrinter, input_shape_option
                    "to reproduce the original model's layer outputs.")
 @click.option("--calibration-samples", type=int, default=PruneConfig.calibration_samples, show_default=True,
               help="Calibration samples read for the reconstruction.")
+@click.option("--validation", "-v", type=click.Path(),
+              help="Validation data: the pruned model's task metric against the input model, with the task's default "
+                   "gates and --gate; a failed gate exits 1 (the model is still written).")
+@click.option("--task", type=click.Choice(TASKS), default="auto", show_default=True,
+              help="What the model does (the metric the quality check uses); auto guesses from the output shapes.")
+@click.option("--gate", "gate_exprs", multiple=True, metavar="METRIC>=LIMIT",
+              help="Gate on a measured metric, repeatable (with -v): agreement>=90, recall>=95.")
 @input_shape_option
 @click.option("--verbose", is_flag=True, help="List every kept channel group's node and every layer's refit.")
 @input_layout_option
@@ -34,9 +41,13 @@ from .inspect import StepPrinter, input_shape_option
 @json_option
 @handle_errors
 def prune_cmd(model, output, ratio, zeroed_only, criterion, scope, align, min_channels, calibration,
-              calibration_samples, input_shape, verbose, as_json, input_layout, data_flags):
-    """Physically remove channels from MODEL: dead ones exactly, or the weakest at --ratio."""
+              calibration_samples, validation, task, gate_exprs, input_shape, verbose, as_json, input_layout, data_flags):
+    """Physically remove channels from MODEL: dead ones exactly, or the weakest at --ratio. The result's task
+    metric against MODEL is printed (on -v, gated; else on calibration samples)."""
     from ..backdoor import feeds_from, save_verified
+    from ..errors import AccuracyRegression, InputError
+    from ..evaluate.gates import parse_gate
+    from ..evaluate.quality import against_reference, quality_lines
     from ..data import example_feed, model_layout
     from ..io import check_output_path, load_model
     from ..passes.prune import prune_model
@@ -46,19 +57,31 @@ def prune_cmd(model, output, ratio, zeroed_only, criterion, scope, align, min_ch
                       align=align, min_channels=min_channels, calibration_samples=calibration_samples)
     cfg.validate()
     shapes = parse_input_shapes(input_shape)
-    out = check_output_path(output, model, calibration)
+    out = check_output_path(output, model, calibration, validation)
+    for g in gate_exprs:
+        parse_gate(g)  # a malformed gate fails before any work
+    if gate_exprs and not validation:
+        raise InputError("--gate needs validation data to measure against; pass -v VAL")
     m = load_model(model)
     check_input_shapes(m, shapes)
     items = layout_items(input_layout)  # checked against the model and the data, before any work (no data: none needed)
-    layout = model_layout(m, items) if calibration or items else None
-    ds = open_data(calibration, layout, build_data_config(**data_flags), m,
-                   None if as_json else (lambda msg: click.echo(msg, err=True))) if calibration else None
+    layout = model_layout(m, items) if calibration or validation or items else None
+    dcfg = build_data_config(**data_flags)
+    say = None if as_json else (lambda msg: click.echo(msg, err=True))
+    ds = open_data(calibration, layout, dcfg, m, say) if calibration else None
+    val = open_data(validation, layout, dcfg, m, say) if validation else None
     batches = list(ds.feeds(64, calibration_samples)) if ds else None
     pruned, rec = prune_model(m, cfg, calibration=batches, progress=None if as_json else StepPrinter("prune"),
                               feed=example_feed(ds, 1, m) if ds else None, input_shapes=shapes)
     save_verified(pruned, out, pass_name="prune", reference=m, exact=cfg.zeroed_only or cfg.ratio == 0,
-                  feeds=feeds_from(ds, m), record=rec)
-    emit(as_json, rec.to_dict(), summary(out, rec.to_dict(), verbose))
+                  feeds=feeds_from(ds or val, m), record=rec)
+    quality = against_reference(m, pruned, val if val is not None else ds, TaskConfig(name=task), tuple(gate_exprs),
+                                held_out=val is not None)
+    rec.stats["quality"] = quality
+    emit(as_json, rec.to_dict(), summary(out, rec.to_dict(), verbose) + "\n" + "\n".join(
+        quality_lines(quality, "pruned", "pass -v VAL to gate it, or a smaller --ratio")))
+    if quality is not None and quality["data"] == "validation" and quality["passed"] is False:
+        raise AccuracyRegression("; ".join(quality["failures"]) + f" (pruned model written to {out})")
 
 
 def _ratio(before, after) -> str:

@@ -101,12 +101,11 @@ def _summary(out, rec: dict) -> str:
                     if kept else ""))
         if speed.get("slower"):
             text += f"\nwarning: {speed['warning']}"
-    quality = st.get("quality")
-    if quality:
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in list(quality["metrics"].items())[:4])
-        text += f"\nquality on {quality['samples']} calibration samples ({quality['task']} vs FP32): {shown}"
-        text += "".join(f"\nwarning: {line} (on calibration data; pass -v VAL to search for a model that keeps it)"
-                        for line in quality["failures"])
+    if st.get("quality"):
+        from ..evaluate.quality import quality_lines
+
+        text += "".join("\n" + line for line in quality_lines(st["quality"], "int8",
+                                                              "pass -v VAL to search for a model that keeps it"))
     return text
 
 

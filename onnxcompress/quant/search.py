@@ -67,10 +67,10 @@ def quantize_model(model: onnx.ModelProto, calibration: Optional[Dataset], valid
     elif big and config.speed_check_seconds > 0:
         rec.skip("speed", "model over 2 GB: FP32 vs int8 not timed; compare them with 'onnxcompress bench'")
     if validation is None and calibration is not None and config.quality_check and not big:
-        from .quality import calibration_quality
+        from ..evaluate.quality import against_reference
 
         say("checking the int8 model's task metric against FP32 on the calibration data")
-        quality = calibration_quality(model, q, calibration, config)
+        quality = against_reference(model, q, calibration, config.task)
         if quality is not None:
             rec.stats["quality"] = quality
             for line in quality["failures"]:
