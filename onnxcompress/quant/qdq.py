@@ -22,7 +22,15 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
-from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+try:
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+except ImportError:  # onnxruntime-openvino ships an older onnxruntime (1.24 here) without the calibration cache API
+    import onnxruntime as _ort
+
+    from ..errors import MissingDependency
+
+    raise MissingDependency(f"onnxruntime {_ort.__version__} lacks quantization.calibrate.save_tensors_data, which "
+                            "quantize needs; quantize in an environment with a newer onnxruntime (pip install -U onnxruntime)") from None
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..data import Dataset, example_feed, feeds
