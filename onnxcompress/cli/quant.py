@@ -93,6 +93,11 @@ def _summary(out, rec: dict) -> str:
     if "auto" in st:
         text += f"\nauto: {st['auto']['why']}"
         text += "".join(f"\nauto: {s['mode']} skipped: {s['why']}" for s in st["auto"].get("skipped", []))
+        cands = st["auto"].get("candidates") or []
+        if cands and not any(c.get("fits") for c in cands):  # exit 1 only when --max-drop was given
+            text += (f"\nwarning: no int8 model within the {st['auto'].get('budget', 0):.3f}-point "
+                     f"{st['auto'].get('metric', '')} budget; the most accurate one was written (give --max-drop to "
+                     "make this exit 1)")
     speed = st.get("speed")
     if speed:
         kept = speed.get("kept_fp32_for_speed", [])

@@ -43,3 +43,15 @@ def test_broken_detector_gets_a_warning_line(tmp_path, monkeypatch):
     # 90% gate, but it keeps far more of the FP32 detections than the broken one
     fixed = float(r.output.split("recall ")[1].split(",")[0])
     assert fixed > broken + 30, (broken, fixed)
+
+
+def test_auto_with_no_candidate_in_budget_prints_a_warning():
+    from onnxcompress.cli.quant import _summary
+
+    st = {"mode": "static", "target": {"why": "vnni"},
+          "auto": {"why": "no mode fits the budget of 1.000 f1 points; kept static", "metric": "f1", "budget": 1.0,
+                   "candidates": [{"mode": "static", "fits": False}], "skipped": []}}
+    text = _summary("q.onnx", {"stats": st})
+    assert "warning: no int8 model within the 1.000-point f1 budget" in text
+    st["auto"]["candidates"][0]["fits"] = True
+    assert "warning:" not in _summary("q.onnx", {"stats": st})
