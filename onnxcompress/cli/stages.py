@@ -5,6 +5,7 @@ import click
 
 from .common import emit, handle_errors, input_layout_option, json_option, layout_items
 from .dataopts import build_data_config, data_arg, data_options
+from .evaluate import _task_config, task_options
 
 import dataclasses
 from pathlib import Path
@@ -70,6 +71,26 @@ def _run_convert(model, out_dir, cfg, calibration, validation, as_json, train_da
     return report
 
 
+def _with_task_flags(cfg: PipelineConfig, task, task_output, task_params, user_metric, gate_exprs,
+                     default_gates) -> PipelineConfig:
+    """The task flags over the config file's `validate` section (and the quantizer's task): a flag left at
+    its default keeps the file's value; --gate adds to the file's gates."""
+    v = cfg.validate_
+    if task != "auto" or task_output or task_params:
+        t = _task_config(task, task_output, task_params)
+        v = dataclasses.replace(v, task=t)
+        cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, task=t))
+    if user_metric:
+        v = dataclasses.replace(v, metric=user_metric)
+    if gate_exprs:
+        v = dataclasses.replace(v, gates=tuple(v.gates) + tuple(gate_exprs))
+    if not default_gates:
+        v = dataclasses.replace(v, default_gates=False)
+    cfg = dataclasses.replace(cfg, validate_=v)
+    cfg.validate()
+    return cfg
+
+
 @click.command("convert")
 @click.argument("model")
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False))
@@ -85,16 +106,19 @@ def _run_convert(model, out_dir, cfg, calibration, validation, as_json, train_da
 @click.option("--train-ratio", type=float, help="Torch models: structured pruning ratio, fine-tuned by distillation.")
 @click.option("--train-epochs", type=int, help="Torch models: distillation epochs.")
 @click.option("--train-data", type=click.Path(), help="Torch models: data to distill on (default: the calibration data).")
+@task_options
 @input_layout_option
 @data_options
 @json_option
 @handle_errors
 def convert_cmd(model, output_dir, calibration, validation, config, prune_ratio, no_quantize, runs, inputs, weights,
-                train_ratio, train_epochs, train_data, as_json, input_layout, data_flags):
+                train_ratio, train_epochs, train_data, as_json, input_layout, data_flags, task, task_output, task_params,
+                user_metric, gate_exprs, default_gates):
     """Run the stages in order and write a report: [export, prune-distill,] simplify, prune, quantize,
     validate, bench. MODEL is an .onnx file, or with --input a torch model (factory, TorchScript, .pt2)."""
     cfg = _pipeline_from_flags(config, prune_ratio=prune_ratio, no_quantize=no_quantize, runs=runs,
                                train_ratio=train_ratio, train_epochs=train_epochs, input_layout=input_layout)
+    cfg = _with_task_flags(cfg, task, task_output, task_params, user_metric, gate_exprs, default_gates)
     source = model
     if inputs:
         from ..pipeline import TorchSource

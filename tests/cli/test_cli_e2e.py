@@ -98,3 +98,13 @@ def test_convert_from_torch_with_prune_and_distill(runner, tmp_path):
     fp32, _, distilled, _ = (s["metrics"] for s in report["stages"])
     assert distilled["params"] < fp32["params"] and distilled["macs"] < fp32["macs"]
     assert report["stages"][0]["record"]["name"] == "export"
+
+
+def test_convert_task_and_gate_flags(tmp_path, tiny_model_path, tiny_data_path):
+    r = CliRunner().invoke(main, ["convert", str(tiny_model_path), "-o", str(tmp_path / "out"), "-c", str(tiny_data_path),
+                                  "-v", str(tiny_data_path), "--runs", "2", "--task", "classification",
+                                  "--gate", "agreement>=100.5"])
+    assert r.exit_code == 1 and "gate failed: agreement: prediction agreement" in r.output, r.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["config"]["validate"]["gates"] == ["agreement>=100.5"]
+    assert report["config"]["validate"]["task"]["name"] == "classification" == report["config"]["quant"]["task"]["name"]
