@@ -31,6 +31,7 @@ def __getattr__(name: str):
         "validate": ("evaluate.validate", "validate"),
         "export": ("export", "export"),
         "load_data": ("data", "load_data"),
+        "AccuracyResult": ("evaluate.gates", "AccuracyResult"),
         "canonicalize": ("frontdoor", "canonicalize"),
         "verify": ("backdoor", "verify"),
         "save_verified": ("backdoor", "save_verified"),
@@ -44,7 +45,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "AccuracyRegression", "BenchConfig", "InternalError", "ConfigError", "ExportConfig", "ExportError", "InputError",
+    "AccuracyRegression", "AccuracyResult", "BenchConfig", "InternalError", "ConfigError", "ExportConfig", "ExportError", "InputError",
     "OnnxCompressError", "PassError", "PipelineConfig", "PruneConfig", "QuantConfig", "SimplifyConfig",
     "ValidateConfig", "convert", "export", "load_config", "load_data", "load_model", "prune", "quantize", "quantize_model", "save_config",
     "save_model", "simplify", "validate", "canonicalize", "verify", "save_verified", "__version__",
