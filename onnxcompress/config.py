@@ -419,14 +419,19 @@ def save_config(cfg: PipelineConfig, path: str | Path) -> None:
     atomic_write_bytes(Path(path), (json.dumps(to_dict(cfg), indent=2) + "\n").encode())
 
 
-def load_config(path: str | Path) -> PipelineConfig:
+def read_json_object(path: str | Path, what: str = "config file", hint: str = "pass an existing JSON file to --config") -> dict:
+    """A JSON file holding an object, or a one-line ConfigError naming it."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} not found; pass an existing JSON file to --config")
+        raise ConfigError(f"{what} {p} not found; {hint}")
     try:
         data = json.loads(p.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {p} is not valid JSON ({exc}); fix the syntax") from None
+        raise ConfigError(f"{what} {p} is not valid JSON ({exc}); fix the syntax") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a JSON object at the top level")
-    return from_dict(PipelineConfig, data)
+        raise ConfigError(f"{what} {p} must hold a JSON object at the top level")
+    return data
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    return from_dict(PipelineConfig, read_json_object(path))

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import sys
-from pathlib import Path
 from typing import Optional
 
 import click
 
-from ..config import DataConfig, PipelineConfig, from_dict
+from ..config import DataConfig, PipelineConfig, from_dict, read_json_object
 from ..errors import ConfigError, OnnxCompressError
 from ..sources.preprocess import PRESETS
 
@@ -68,15 +66,7 @@ def build_data_config(base: Optional[DataConfig] = None, **kw) -> DataConfig:
     """Flags (None = not given) over --data-config over `base`."""
     cfg = base or DataConfig()
     if kw.get("data_config_file"):
-        p = Path(kw["data_config_file"])
-        if not p.is_file():
-            raise ConfigError(f"data config {p} not found; pass a JSON file with the data settings")
-        try:
-            raw = json.loads(p.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"data config {p} is not valid JSON ({exc}); fix the syntax") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"data config {p} must hold a JSON object")
+        raw = read_json_object(kw["data_config_file"], "data config", "pass a JSON file with the data settings")
         cfg = from_dict(PipelineConfig, raw).data if "version" in raw else from_dict(DataConfig, raw, prefix="data.")
     image = {k: v for k, v in {"preset": kw.get("preset"), "size": _size(kw.get("image_size")),
                                "mean": _floats(kw.get("mean"), "--mean"), "std": _floats(kw.get("std"), "--std"),

@@ -53,7 +53,8 @@ def _zero_sensitive(model: onnx.ModelProto) -> set[str]:
     a computed tensor, a Pow with a computed or negative exponent. A Div by a constant (hardswish's /6) is
     not: it stays quantizable."""
     consts = {i.name: i for i in model.graph.initializer}
-    consts.update({n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant" and n.attribute})
+    consts.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
     out = set()
     for n in model.graph.node:
         if n.op_type in ("Log", "Reciprocal"):

@@ -11,6 +11,8 @@ from conftest import run_ort
 from onnxcompress.cli import main
 from onnxcompress.passes.prune import remove_zeroed_channels
 
+from passes.prune.test_remove import randomize_bn
+
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
@@ -63,17 +65,6 @@ class Detectorish(nn.Module):
         return self.head(self.b(self.a(self.stem(x))))
 
 
-def _randomize(net):
-    g = torch.Generator().manual_seed(1)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-
-
 def _kill(block: ConvBnSiLU, rows):
     """Dead output channels that output exactly 0 (SiLU(0) = 0): foldable through zero padding."""
     with torch.no_grad():
@@ -115,7 +106,7 @@ def _check_valid(path):
 def exported(tmp_path_factory):
     """The detector with dead channels in both halves of block a's split, as opset 17 and 12 exports."""
     net = Detectorish()
-    _randomize(net)
+    randomize_bn(net)
     _kill(net.a.cv1, [2, 5, 8 + 3])  # two in the first half, one in the half the bottleneck reads
     _kill(net.a.m[0].cv2, [3])  # ... whose residual Add partner is dead too
     _kill(net.a.m[0].cv1, [1, 7])  # the bottleneck's inner channels
