@@ -10,6 +10,7 @@ The ranges go to ORT's QDQ quantizer through its calibration cache: we do not re
 """
 from __future__ import annotations
 
+import itertools
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import InputError
-from ..data import real_input, samples_of
+from ..data import feeds, real_input, samples_of
+from ..evaluate.budget import budget_of, measure, one_sample, plan_passes
 from ..evaluate.runner import run_feed, with_outputs
 from ..io import atomic_write_bytes, is_big, save_model
 
@@ -40,8 +42,10 @@ class Histogram:
         self.hi = -np.inf
 
     def _grow(self, need: float) -> None:
+        if need == 0.0:
+            return  # only zeros so far: they sit in bin bins/2 at any radius
         if self.radius == 0.0:
-            self.radius = float(2.0 ** np.ceil(np.log2(need))) if need > 0 else 1.0
+            self.radius = float(2.0 ** np.ceil(np.log2(need)))
             return
         while self.radius < need:
             half = self.bins // 2
@@ -52,17 +56,28 @@ class Histogram:
             self.radius *= 2.0
 
     def update(self, x: np.ndarray, lo: Optional[float] = None, hi: Optional[float] = None) -> None:
-        """Add finite values `x` (their min/max may be passed in when already known)."""
+        """Add finite values `x` (their min/max may be passed in when already known).
+
+        The bin of x is floor(x * bins / 2R) + bins/2 with R a power of two: the product is exact, so a value
+        lands in the same bin (after merges) whatever the batches it came in; the counts do not depend on how
+        the data was split (a memory budget that changes the batch size changes no range)."""
         if x.size == 0:
             return
         self.lo = min(self.lo, float(x.min()) if lo is None else lo)
         self.hi = max(self.hi, float(x.max()) if hi is None else hi)
         need = max(abs(self.lo), abs(self.hi))
-        if need > self.radius or self.radius == 0.0:
+        if need > self.radius:
             self._grow(need)
-        scale = np.float32(self.bins / (2 * self.radius))
-        idx = ((x.astype(np.float32, copy=False) + np.float32(self.radius)) * scale).astype(np.int32)
-        np.minimum(idx, self.bins - 1, out=idx)  # x == radius lands in the last bin
+        half = self.bins // 2
+        if self.radius == 0.0:
+            self.counts[half] += x.size
+            return
+        scale = self.bins / (2 * self.radius)
+        ftype = np.float32 if 2.0 ** -100 < scale < 2.0 ** 100 else np.float64  # a float32 power of two, or exact in float64
+        t = x.astype(ftype, copy=False) * ftype(scale)
+        idx = np.floor(t, out=t).astype(np.int64 if ftype is np.float64 else np.int32)
+        idx += half
+        np.clip(idx, 0, self.bins - 1, out=idx)  # x == radius lands in the last bin
         self.counts += np.bincount(idx.ravel(), minlength=self.bins)
 
     @property
@@ -127,8 +142,13 @@ class TensorStats:
     lo: float = np.inf
     hi: float = -np.inf
     nonfinite: int = 0
-    seen: int = 0
+    seen: int = 0  # values read out, plus runs reduced in the graph (0: never seen, e.g. always empty)
     hist: Optional[Histogram] = None
+
+    def add_range(self, lo: float, hi: float) -> None:
+        """A run reduced in the graph (finite values only): its min and max."""
+        self.seen += 1
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
 
     def update(self, x: np.ndarray) -> None:
         x = x.reshape(-1)
@@ -194,16 +214,30 @@ def tensors_to_calibrate(model: onnx.ModelProto, workdir: Optional[Path] = None)
     return names
 
 
-def calibrate(model: onnx.ModelProto, batches: Iterable[dict[str, np.ndarray]], method: str = "minmax",
-              percentile: float = 99.999, bins: int = 4096, max_outputs_per_run: int = 256,
-              providers: Optional[list[str]] = None, model_path: Optional[Path] = None) -> CalibrationResult:
-    """Collect ranges for every float activation, one model run per batch (per chunk of tensors).
-    `batches`: model runs from data.feeds (a fixed batch's padding rows are left out of the ranges).
+def calibrate(model: onnx.ModelProto, data, method: str = "minmax", percentile: float = 99.999, bins: int = 4096,
+              max_outputs_per_run: Optional[int] = None, providers: Optional[list[str]] = None,
+              model_path: Optional[Path] = None, *, samples: Optional[int] = None, batch_size: int = 32,
+              memory_budget=None) -> CalibrationResult:
+    """Collect ranges for every float activation.
+
+    `data`: a dataset (data.Dataset, a streamed source: anything with `batches`), read in runs of at most
+    `batch_size` samples, `samples` in all, sized to the memory budget (`memory_budget`, else the data's
+    DataConfig.memory_budget, else evaluate.budget's default); or an iterable of model runs (data.feeds,
+    or plain sample-first batches), read once as given.
+
+    minmax: one pass over an instrumented copy that reduces each tensor in the graph (ReduceMin/ReduceMax,
+    and a ReduceSum that is non-finite when the tensor holds inf/NaN): a run holds scalars, not activations,
+    so memory is the model's own working set (ORT's MinMax does the same). A tensor whose sum is not finite
+    on a run is read out on that run and its inf/NaN counted and ignored. percentile/entropy: the tensors
+    are read out into histograms, in passes over the data that each expose the tensors the budget holds
+    (evaluate.budget.plan_passes). The ranges do not depend on the budget.
 
     `model_path`: the model's file, for models over 2 GB loaded without their external data: shape
-    inference and the instrumented copies then work beside that file and share its data file."""
+    inference and the instrumented copies then work beside that file and share its data file.
+    `max_outputs_per_run` is ignored (the budget sizes the passes)."""
+    args = (method, percentile, bins, providers, samples, batch_size, memory_budget)
     if model_path is not None:
-        return _calibrate(model, batches, method, percentile, bins, max_outputs_per_run, providers, Path(model_path))
+        return _calibrate(model, data, *args, Path(model_path))
     big = is_big(model)
     tmp = tempfile.TemporaryDirectory(prefix="onnxcompress-cal-") if big else None
     try:
@@ -211,7 +245,7 @@ def calibrate(model: onnx.ModelProto, batches: Iterable[dict[str, np.ndarray]], 
         if tmp:
             workdir = Path(tmp.name) / "model.onnx"
             save_model(model, workdir)
-        return _calibrate(model, batches, method, percentile, bins, max_outputs_per_run, providers, workdir)
+        return _calibrate(model, data, *args, workdir)
     finally:
         if tmp:
             tmp.cleanup()
@@ -229,28 +263,129 @@ def _session(model: onnx.ModelProto, opts, providers, path: Optional[Path], i: i
         aug.unlink(missing_ok=True)
 
 
-def _calibrate(model, batches, method, percentile, bins, max_outputs_per_run, providers, workdir) -> CalibrationResult:
+REDUCED = ("min", "max", "sum")
+
+
+def reduced_model(model: onnx.ModelProto, names: list[str]) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy whose outputs are, per tensor, its ReduceMin, ReduceMax and ReduceSum (all axes, scalars).
+    The reductions follow their tensor's producer in the node list, so ORT frees each tensor as before."""
+    m = _copy(model)
+    del m.graph.output[:]
+    want = {t: i for i, t in enumerate(names)}
+    nodes, outs, seen = [], [], set()
+    for node in model.graph.node:
+        nodes.append(node)
+        for t in node.output:
+            if t in want and t not in seen:
+                seen.add(t)
+                for op in REDUCED:
+                    o = f"onnxcompress_cal/{want[t]}/{op}"
+                    nodes.append(onnx.helper.make_node(f"Reduce{op.capitalize()}", [t], [o], keepdims=0))
+                    outs.append(o)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    order = {o: k for k, o in enumerate(f"onnxcompress_cal/{i}/{op}" for i in range(len(names)) for op in REDUCED)}
+    outs.sort(key=order.__getitem__)  # in the order of `names`, three per tensor
+    m.graph.output.extend(onnx.ValueInfoProto(name=o) for o in outs)
+    return m, outs
+
+
+class _Reader:
+    """Instrumented sessions, made on demand and cached by the tensors they expose."""
+
+    def __init__(self, model, workdir, providers):
+        self.model, self.workdir, self.providers = model, workdir, providers or ["CPUExecutionProvider"]
+        self.opts = ort.SessionOptions()
+        self.opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.opts.log_severity_level = 3
+        if hasattr(ort, "ExecutionOrder"):  # the reductions run right after their tensor is made, which is then freed
+            self.opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # (default order: all at the end, 3x memory)
+        self.cache: dict[tuple[str, ...], ort.InferenceSession] = {}
+
+    def session(self, names: tuple[str, ...], model: Optional[onnx.ModelProto] = None) -> ort.InferenceSession:
+        if names not in self.cache:
+            self.cache[names] = _session(model or with_outputs(self.model, list(names)), self.opts, self.providers,
+                                         self.workdir, len(self.cache))
+        return self.cache[names]
+
+    def read(self, names: tuple[str, ...], feed) -> list[np.ndarray]:
+        return run_feed(self.session(names), list(names), feed, "the calibration data")
+
+    def drop(self) -> None:
+        self.cache.clear()
+
+
+def _first(data, model):
+    """(one-sample run to size the tensors on, the runs to calibrate on, is a dataset)."""
+    if hasattr(data, "batches"):
+        return one_sample(data, model), None, True
+    it = iter(data)
+    first = next(it, None)
+    if first is None:
+        raise InputError("calibration data has no batches; provide at least one sample")
+    return first, itertools.chain([first], it), False
+
+
+def _calibrate(model, data, method, percentile, bins, providers, samples, batch_size, memory_budget,
+               workdir) -> CalibrationResult:
     names = tensors_to_calibrate(model, workdir)
     stats = {n: TensorStats(n, hist=Histogram(bins) if method in ("percentile", "entropy") else None) for n in names}
-    input_names = {i.name for i in model.graph.input}
+    input_names = {i.name for i in model.graph.input} & set(stats)
     outputs = [n for n in names if n not in input_names]
-    chunks = [outputs[i:i + max_outputs_per_run] for i in range(0, len(outputs), max_outputs_per_run)] or [[]]
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sessions = [_session(with_outputs(model, c), opts, providers or ["CPUExecutionProvider"], workdir, i)
-                for i, c in enumerate(chunks)]
-    samples = nb = 0
-    for batch in batches:
-        nb += 1
-        samples += samples_of(batch)
-        for name in input_names & set(stats):
-            stats[name].update(real_input(batch, name))
-        for sess, chunk in zip(sessions, chunks):
-            if chunk:
-                for name, value in zip(chunk, run_feed(sess, chunk, batch, "the calibration data")):
-                    stats[name].update(value)
-    if nb == 0:
+    feed0, runs, is_data = _first(data, model)
+    sizes = measure(model, feed0, probe=outputs if workdir is None else ())
+    budget = budget_of(data, memory_budget)
+    reader = _Reader(model, workdir, providers)
+    count = {"samples": 0, "batches": 0}
+
+    def start(feed) -> None:  # once per run of the first pass: inputs and counts
+        count["samples"] += samples_of(feed)
+        count["batches"] += 1
+        for name in input_names:
+            stats[name].update(real_input(feed, name))
+
+    def readout(group: tuple[str, ...], feed) -> None:
+        if group:
+            for name, value in zip(group, reader.read(group, feed)):
+                stats[name].update(value)
+
+    if method == "minmax":
+        batch = plan_passes([], budget, batch_size, sizes.working).passes[0].batch
+        red, red_out = reduced_model(model, outputs)
+        sess = reader.session(("\0reduced",), red) if outputs else None
+        for feed in (feeds(data, batch, samples, model) if is_data else runs):
+            start(feed)
+            if sess is None:
+                continue
+            vals = run_feed(sess, red_out, feed, "the calibration data")
+            flagged = []
+            for i, name in enumerate(outputs):
+                lo, hi, total = (float(v) for v in vals[3 * i: 3 * i + 3])
+                if not np.isfinite(total):  # inf/NaN somewhere (or a float overflow of the sum): read it out
+                    flagged.append(name)
+                elif lo <= hi:  # not an empty tensor
+                    stats[name].add_range(lo, hi)
+            if flagged:
+                plan = plan_passes([sizes.of(n) for n in flagged], budget, samples_of(feed), sizes.working)
+                for p in plan.passes:
+                    readout(tuple(flagged[i] for i in p.units), feed)
+    else:
+        plan = plan_passes([sizes.of(n) for n in outputs], budget, batch_size, sizes.working)
+        groups = [tuple(outputs[i] for i in p.units) for p in plan.passes]
+        if is_data:  # a pass over the data per group: one instrumented session alive at a time
+            for k, (p, group) in enumerate(zip(plan.passes, groups)):
+                for feed in feeds(data, p.batch, samples, model):
+                    if k == 0:
+                        start(feed)
+                    readout(group, feed)
+                reader.drop()
+        else:  # runs given once: every group on each run
+            for feed in runs:
+                start(feed)
+                for group in groups:
+                    readout(group, feed)
+    reader.drop()
+    if count["batches"] == 0:
         raise InputError("calibration data has no batches; provide at least one sample")
     ranges: dict[str, tuple[float, float]] = {}
     for name, st in stats.items():
@@ -266,4 +401,5 @@ def _calibrate(model, batches, method, percentile, bins, max_outputs_per_run, pr
         else:
             lo, hi = st.lo, st.hi
         ranges[name] = (min(lo, 0.0), max(hi, 0.0))
-    return CalibrationResult(ranges, method, samples, nb, {n: s.nonfinite for n, s in stats.items() if s.nonfinite})
+    return CalibrationResult(ranges, method, count["samples"], count["batches"],
+                             {n: s.nonfinite for n, s in stats.items() if s.nonfinite})

@@ -161,8 +161,8 @@ def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, work
     n = min(len(calibration), config.calibration_samples)
     if not big:
         prep.model = _fp32_passes(prep, calibration, config, n)
-    prep.calibration = calibrate(prep.model, feeds(calibration, config.batch_size, n, prep.model), config.calibration,
-                                 config.percentile, model_path=prep.path)
+    prep.calibration = calibrate(prep.model, calibration, config.calibration, config.percentile, model_path=prep.path,
+                                 samples=n, batch_size=config.batch_size)  # runs sized to the data's memory budget
     if not config.op_types:  # a Concat of very different ranges would erase the smaller input (YOLO heads)
         mixed = mixed_range_concats(prep.model, prep.calibration.ranges)
         prep.auto_exclude = tuple(dict.fromkeys(prep.auto_exclude + tuple(name for name, _ in mixed)))
@@ -240,7 +240,8 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
     unquantized = tuple(n.name for n in qmodel.graph.node if n.name and n.op_type not in _KEEP_DQ and (
         (prep.op_types and n.op_type not in prep.op_types) or n.name in float_nodes))
     if (everything_fp32 or unquantized) and prep.mode == "static":
-        rec.stats["float_inputs_restored"], left = keep_fp32(qmodel, prep.model, everything_fp32 + unquantized)
+        rec.stats["float_inputs_restored"], left = keep_fp32(qmodel, prep.model, everything_fp32 + unquantized,
+                                                             exact=_zero_sensitive(prep.model))
         for why in left:
             rec.skip("keep-fp32", why)
     if prep.mode == "static":
@@ -292,17 +293,21 @@ def quantize(model: onnx.ModelProto, calibration: Optional[Dataset], config) -> 
         return quantize_prepared(prep, config, Path(d), calibration=calibration)
 
 
-def keep_fp32(model: onnx.ModelProto, fp32: onnx.ModelProto, nodes: tuple[str, ...]) -> tuple[int, list[str]]:
+def keep_fp32(model: onnx.ModelProto, fp32: onnx.ModelProto, nodes: tuple[str, ...],
+              exact: set[str] = frozenset()) -> tuple[int, list[str]]:
     """Feed excluded nodes the float tensor instead of DequantizeLinear(QuantizeLinear(x)).
 
     ORT's nodes_to_exclude only keeps the node's weights in float: its activation inputs still pass
     through Q->DQ, and ORT's optimizer then re-quantizes the float-weight node into an int8 kernel, so
     the exclusion changes nothing at run time. ORT also drops a Relu/Clip before a QuantizeLinear (the
     range clamps), so the float tensor may need that activation back: we restore it from `fp32`.
+    Except: an input written by an int8 Conv keeps its DequantizeLinear (int8_conv_outputs), unless the
+    node is in `exact` (zero-sensitive: it needs the float tensor).
     Returns (inputs rewired, reasons for inputs left quantized); unused Q/DQ nodes are removed."""
     prod = {o: n for n in model.graph.node for o in n.output}
     fprod = {o: n for n in fp32.graph.node for o in n.output}
     orig = {n.name: n for n in fp32.graph.node}
+    conv_out = int8_conv_outputs(model)
     rewired, left = 0, []
     before: dict[str, list[onnx.NodeProto]] = {}  # restored activations, inserted before their consumer
     for node in model.graph.node:
@@ -313,6 +318,8 @@ def keep_fp32(model: onnx.ModelProto, fp32: onnx.ModelProto, nodes: tuple[str, .
             q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
             if q is None or q.op_type != "QuantizeLinear" or i >= len(orig[node.name].input):
                 continue  # not an activation through Q->DQ (quantized weights of excluded nodes stay float)
+            if q.input[0] in conv_out and node.name not in exact:
+                continue
             want = orig[node.name].input[i]
             src, act = q.input[0], fprod.get(want)
             same = src == want and (act is None or prod.get(src) is None or prod[src].op_type == act.op_type)
@@ -337,6 +344,17 @@ def keep_fp32(model: onnx.ModelProto, fp32: onnx.ModelProto, nodes: tuple[str, .
         model.graph.node.extend(ordered)
     _drop_unused(model)
     return rewired, left
+
+
+def int8_conv_outputs(model: onnx.ModelProto) -> set[str]:
+    """Outputs of Convs that read int8 weights (DequantizeLinear). ORT fuses DQ -> Conv -> Q into QLinearConv only
+    with the QuantizeLinear: a float reader that took the raw Conv output instead would leave the Conv a float
+    island (its weights dequantized on every run: measured 0.27x FP32 on a MobileNetV3 with Conv-only int8), so
+    float readers keep reading DequantizeLinear (QLinearConv, then one DQ: the rounding every int8 reader sees).
+    MatMul/Gemm need no such care: ORT runs DQ -> MatMul/Gemm -> float as MatMulIntegerToFloat/QGemm."""
+    prod = {o: n for n in model.graph.node for o in n.output}
+    return {n.output[0] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose") and len(n.input) > 1
+            and n.input[1] in prod and prod[n.input[1]].op_type == "DequantizeLinear"}
 
 
 def shapes_after_dq(model: onnx.ModelProto) -> int:
