@@ -42,26 +42,71 @@ class SimplifyConfig:
 
 
 @dataclass(frozen=True)
+class ReconstructConfig:
+    """Reconstruction after pruning, layer by layer (passes/prune/reconstruct.py)."""
+
+    refit: bool = True  # least-squares refit of each layer, kept only if its held-out error drops
+    sequential: bool = True  # also every layer whose input moved because of a change upstream
+    depthwise: bool = True  # grouped/depthwise convs refit group by group (channel by channel)
+    bn_recalibration: bool = True  # convs not refit: per-channel mean/var of the output matched to the original's
+    bias_correction: bool = True  # other layers not refit: per-channel mean error folded into the bias
+    max_rows: int = 16384  # rows (output positions) per layer over all the data
+    max_bytes: int = 256 << 20  # tensors fetched per run of the data
+
+    def validate(self) -> None:
+        if self.max_rows < 1 or self.max_bytes < 1:
+            raise ConfigError("reconstruction max_rows and max_bytes must be >= 1")
+
+
+@dataclass(frozen=True)
 class PruneConfig:
     enabled: bool = False
     ratio: float = 0.0  # 0 = only remove channels whose weights are already zero
     zeroed_only: bool = False
-    criterion: str = "l2"  # "l1" | "l2" | "bn_scale"
+    criterion: str = "l2"  # "l1" | "l2" | "bn_scale" | "activation" (mean |a|) | "activation_l2" (needs data)
     scope: str = "global"  # "global" | "layer"
     align: int = 8
     min_channels: int = 8
     reconstruct: bool = True  # least-squares refit of consumers when calibration data is given
     calibration_samples: int = 512  # calibration samples the reconstruction reads (streamed)
+    reconstruction: ReconstructConfig = field(default_factory=ReconstructConfig)
+    # #14: a target instead of a ratio (fraction kept), allocated over the layers by measured damage
+    target_macs: Optional[float] = None  # e.g. 0.7: keep 70% of the MACs
+    target_params: Optional[float] = None
+    allocation: str = "sensitivity"  # "sensitivity" (least measured damage) | "global" (one score threshold)
+    damage: str = "auto"  # output damage vs FP32: "auto" (KL on class outputs, else rel. MSE) | "kl" | "cosine" | "mse"
+    sensitivity_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)  # of each layer's channels, measured
+    sensitivity_samples: int = 32  # calibration samples the sensitivity and activation scores read
+    max_layer_fraction: float = 0.75  # per-layer floor: never prune more of one layer than this
+    max_drop: Optional[float] = None  # with validation data: search the largest reduction within this drop
+    search_steps: int = 5  # bisection steps of that search
 
     def validate(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"prune ratio {self.ratio} is out of range; use a value in [0, 1)")
-        _choice("criterion", self.criterion, ("l1", "l2", "bn_scale"))
+        for name in ("target_macs", "target_params"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 < v <= 1.0:
+                raise ConfigError(f"prune {name} {v} is out of range; use the fraction kept, in (0, 1], e.g. 0.7")
+        if self.target_macs is not None and self.target_params is not None:
+            raise ConfigError("prune takes one target: target_macs or target_params, not both")
+        if (self.target_macs is not None or self.target_params is not None) and (self.ratio > 0 or self.zeroed_only):
+            raise ConfigError("prune takes a ratio or a target (target_macs/target_params), not both")
+        _choice("allocation", self.allocation, ("sensitivity", "global"))
+        _choice("damage", self.damage, ("auto", "kl", "cosine", "mse"))
+        if not self.sensitivity_fractions or any(not 0.0 < f < 1.0 for f in self.sensitivity_fractions):
+            raise ConfigError(f"sensitivity_fractions {self.sensitivity_fractions} must be fractions in (0, 1)")
+        if not 0.0 < self.max_layer_fraction < 1.0 or self.sensitivity_samples < 1 or self.search_steps < 1:
+            raise ConfigError("max_layer_fraction must be in (0, 1), sensitivity_samples and search_steps >= 1")
+        if self.max_drop is not None and not 0.0 <= self.max_drop <= 100.0:
+            raise ConfigError(f"prune max_drop {self.max_drop} is out of range; use points in [0, 100]")
+        _choice("criterion", self.criterion, ("l1", "l2", "bn_scale", "activation", "activation_l2"))
         _choice("scope", self.scope, ("global", "layer"))
         if self.align < 1 or self.min_channels < 1:
             raise ConfigError("align and min_channels must be >= 1")
         if self.calibration_samples < 1:
             raise ConfigError(f"prune calibration_samples {self.calibration_samples} is out of range; use a value >= 1")
+        self.reconstruction.validate()
 
 
 @dataclass(frozen=True)
@@ -88,12 +133,21 @@ class TrainConfig:
     checkpoint_dir: Optional[str] = None
     outputs: tuple[int, ...] = ()  # model outputs the loss uses (flattened order); empty = all
     shrink: bool = True  # fine-tune a physically smaller copy (faster), scattered back into the masked model
+    # #14 ONNX sources (train/onnx_distill.py): stop after this many seconds instead of `epochs` passes;
+    # random resized crops + flips of image batches; held-out evaluations over the run (best state kept)
+    time_budget: Optional[float] = None
+    augment: bool = True
+    evaluations: int = 10
 
     def validate(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"train ratio {self.ratio} is out of range; use a value in [0, 1)")
         if self.patience < 1:
             raise ConfigError(f"patience {self.patience} is out of range; use a value >= 1")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ConfigError(f"time budget {self.time_budget} s is out of range; use a duration > 0, e.g. 30m")
+        if self.evaluations < 1:
+            raise ConfigError(f"evaluations {self.evaluations} is out of range; use a value >= 1")
         _choice("criterion", self.criterion, ("l1", "l2"))
         _choice("scope", self.scope, ("global", "layer"))
         _choice("loss", self.loss, ("kl", "mse"))
@@ -320,9 +374,18 @@ class DataConfig:
     # input layouts the model's shapes do not settle: "name:AXIS" (batch axis), "name:const[=VALUE]" (fed
     # unchanged in every batch); e.g. ("state:1", "sr:const=16000"). Checked against the model in data.layout
     input_layout: tuple[str, ...] = ()
+    # memory the intermediate tensors read by calibration, per-layer comparisons and reconstruction may take
+    # ("512M", "2G"; K/M/G = 1024^n); None = min(2 GB, half the available RAM). evaluate/budget.py sizes runs to it
+    memory_budget: Optional[str] = None
+
+    def memory_budget_bytes(self) -> Optional[int]:
+        from .evaluate.budget import parse_budget
+
+        return parse_budget(self.memory_budget, "data memory_budget")
 
     def validate(self) -> None:
         _choice("data kind", self.kind, ("auto", "arrays", "images", "text", "audio"))
+        self.memory_budget_bytes()
         from .data.layout import parse_input_layout  # the layout syntax lives with the code that applies it
 
         parse_input_layout(self.input_layout)

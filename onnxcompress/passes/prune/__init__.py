@@ -11,8 +11,10 @@ from ...config import PruneConfig
 from ...data import example_feed
 from ...stats import count_params, macs_or_none
 from ..base import PassRecord
-from .reconstruct import Batches, reconstruct
+from .allocate import Planner, targeted_removal
+from .reconstruct import Batches, Reconstruction, reconstruct
 from .remove import analyze, remove_channels, removal
+from .sensitivity import activation_scores, calibration_runs
 from .structured import Progress, structured_prune, structured_removal
 
 
@@ -23,8 +25,11 @@ def remove_zeroed_channels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Pas
 
 def prune_model(model: onnx.ModelProto, config: PruneConfig, calibration: Optional[Batches] = None,
                 progress: Progress = None, feed: Optional[Mapping[str, np.ndarray]] = None,
-                input_shapes: Optional[Mapping[str, tuple[int, ...]]] = None) -> tuple[onnx.ModelProto, PassRecord]:
-    """The prune stage: zeroed-only removal, or structured pruning at `config.ratio`; with calibration
+                input_shapes: Optional[Mapping[str, tuple[int, ...]]] = None,
+                planner: Optional[Planner] = None) -> tuple[onnx.ModelProto, PassRecord]:
+    """The prune stage: zeroed-only removal, structured pruning at `config.ratio`, or to a target
+    (config.target_macs / target_params, allocate.py; `planner`: one built earlier for this model, reused
+    by a search over targets); with calibration
     batches (and config.reconstruct), the layers that lost input channels are refit by least squares.
 
     MACs before and after are counted on the same shapes: measured on `feed` (one sample in the model's
@@ -42,22 +47,31 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calibration: Option
             notes.append(why)
         return value
 
-    if config.zeroed_only or config.ratio == 0:
+    target = config.target_params if config.target_params is not None else config.target_macs
+    if (config.zeroed_only or config.ratio == 0) and target is None:
         say(0, 1, "removing zeroed channels")
         result = removal(model, exact=True, macs=macs)
         pruned, rec = result.model, result.record
         if calibration is not None and config.reconstruct:
             rec.skip("reconstruct", "removing zeroed channels is exact: nothing to reconstruct")
     else:
-        result = structured_removal(model, config.ratio, config.criterion, config.scope, config.align,
-                                    config.min_channels, macs=macs, progress=say)
+        if target is not None:
+            planner = planner or Planner(model, config, calibration, macs, feed, input_shapes, say)
+            result = planner.removal(target)
+        else:
+            result = structured_removal(model, config.ratio, config.criterion, config.scope, config.align,
+                                        config.min_channels, macs=macs, progress=say, activation=lambda ctx: activation_scores(
+                                            ctx, calibration_runs(calibration, ctx.index.model, config.sensitivity_samples),
+                                            config.criterion))
         pruned, rec = result.model, result.record
         if calibration is not None and config.reconstruct:
-            pruned = reconstruct(model, pruned, result.kept, calibration, rec, progress=say)
+            pruned = reconstruct(model, pruned, result.kept, calibration, rec,
+                                 Reconstruction.of(config.reconstruction), progress=say)
             rec.stats["params_after"] = count_params(pruned)  # a refit conv without bias gains one
     if notes:
         rec.stats["macs_note"] = notes[0]
     return pruned, rec
 
 
-__all__ = ["analyze", "prune_model", "reconstruct", "remove_zeroed_channels", "structured_prune"]
+__all__ = ["Planner", "analyze", "prune_model", "reconstruct", "remove_zeroed_channels", "structured_prune",
+           "targeted_removal"]

@@ -1,302 +1,109 @@
-"""Data-driven reconstruction after structured pruning (least squares on calibration data).
+"""Data-driven reconstruction after structured pruning, layer by layer through the whole network.
 
-Every layer that lost input channels (Conv with group=1, Gemm, MatMul with a constant 2-D weight) is
-refit so that, fed with the PRUNED model's input to that layer, it reproduces the ORIGINAL model's
-output of that layer (same tensor name in both models; removed output channels are left out). Inputs
-and targets are read from instrumented copies of the two models (the layer tensors become extra graph
-outputs); a Conv is unrolled by im2col (strides, pads, auto_pad, dilations) on a random subset of
-output positions, so the rows kept per layer are bounded whatever the amount of data.
+Which layers: every weight layer (Conv of any group, Gemm, MatMul with a constant 2-D weight) that lost
+input channels, and (`sequential`) every one whose input moved because something upstream changed.
+Each is matched to the ORIGINAL model's output of that layer (same tensor name in both models; removed
+output channels left out), fed with the PRUNED model's own input to it, as refit so far upstream.
 
-The normal equations X^T X, X^T Y and sum(Y^2) are accumulated batch by batch (memory flat in the
-number of samples), separately for a held-out share of the samples. The ridge solution is regularized
-towards the current weights, (X^T X + lambda I) W = X^T Y + lambda W_current, with lambda relative to
-trace(X^T X)/D and chosen among a few values by the held-out error; the intercept (bias) is free. A
-refit is applied (solved again on all rows) only if it lowers the held-out output MSE of that layer;
-otherwise the weights stay and the record says why.
+What, per layer, in this order (refit.py holds the arithmetic):
+1. least-squares refit (ridge towards the current weights, lambda chosen on held-out samples, applied
+   only if it lowers the layer's held-out output MSE). A grouped or depthwise conv is refit group by
+   group, i.e. channel by channel (`depthwise`). The free intercept makes the refit output's mean that
+   of the original on the calibration rows: bias correction is part of it.
+2. where no refit was applied: BN recalibration (`bn_recalibration`, convs: the pre-activation where a
+   BatchNormalization was folded) gives each output channel the original's mean and variance on the
+   calibration rows by a per-channel scale and shift of the weights and bias; else bias correction
+   (`bias_correction`) gives it the original's mean (a shift of the bias).
+Inputs and targets are read from instrumented copies of the two models, in runs of at most `max_bytes`
+of fetched tensors (a run of the data is split by samples); a conv is unrolled by im2col on a random
+subset of output positions (`max_rows` per layer over all the data). Normal equations are accumulated
+run by run, separately for a held-out share of the samples; moments for steps 2 come from them too.
 
-Layers are processed in dependency levels: a level holds the layers with the same number of refit
-layers upstream, so no layer of a level feeds another one of it. One pass over the data per level
-gathers all its layers' statistics, from the pruned model as refit so far: later layers see the refit
-earlier ones, exactly as with one pass per layer, in (number of levels) passes instead of (layers).
+Layers are processed in dependency levels (a level holds the layers with the same number of candidate
+layers upstream, so none feeds another): one pass over the data per level, later levels see the changes
+of earlier ones. At the end the outputs of the reconstructed and the merely pruned model are compared
+with the original's on the calibration data: reconstruction never returns a model that is further off.
 """
 from __future__ import annotations
 
 import math
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from ...data import Dataset, Feed, feeds, samples_of
 from ...evaluate.runner import make_session, run_feed
 from ...io import is_big
 from ..base import PassRecord
-from .handlers import attr, set_attr
+from .channelwise import UNARY
+from .handlers import attr
+from .refit import ConvLayer, GemmLayer, Layer, MatMulLayer, Moments, Normal, Weights, affine, ridge
 
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # ridge strengths tried, times trace(X^T X) / D
 HELD_OUT_EVERY = 5  # every 5th calibration sample is held out (choice of lambda, accept or reject)
 MAX_FEATURES = 8192  # X^T X of a larger layer would not fit comfortably in memory (D^2 float64)
+# ops whose output channels depend only on the same input channels: exact on the kept ones when their
+# inputs are (anything else reached by a pruned tensor, e.g. Softmax or LayerNorm over channels, moves)
+CHANNELWISE = frozenset({*UNARY, "Clip", "Add", "Sub", "Mul", "Div", "PRelu", "BatchNormalization",
+                         "InstanceNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+                         "Resize", "Pad", "LpPool", "GlobalLpPool", "Concat", "Split", "Slice", "Flatten", "Reshape",
+                         "Squeeze", "Unsqueeze", "Transpose", "Identity", "Cast", "Dropout", "Shape"})
 
 Batches = Sequence[dict[str, np.ndarray]]
 
+__all__ = ["Batches", "ConvLayer", "GemmLayer", "Layer", "MatMulLayer", "Normal", "Reconstruction", "Weights",
+           "find_layers", "reconstruct", "ridge"]
 
-@dataclass
-class Normal:
-    """Sufficient statistics of a least-squares problem Y ~ X W on some rows."""
 
-    xtx: np.ndarray
-    xty: np.ndarray
-    yty: float = 0.0
-    rows: int = 0
+@dataclass(frozen=True)
+class Reconstruction:
+    """Options: at most `max_rows` rows per layer in all (spread over the runs), `seed` for the row
+    sampling, ridge strengths `lambdas` (relative to trace(X^T X) / D), at most `max_bytes` of tensors
+    fetched per run of the data; the steps (module doc) `refit`, `sequential`, `depthwise`,
+    `bn_recalibration`, `bias_correction`."""
+
+    max_rows: int = 16384
+    seed: int = 0
+    lambdas: tuple[float, ...] = LAMBDAS
+    max_bytes: int = 256 << 20
+    refit: bool = True
+    sequential: bool = True
+    depthwise: bool = True
+    bn_recalibration: bool = True
+    bias_correction: bool = True
 
     @classmethod
-    def zeros(cls, d: int, c: int) -> "Normal":
-        return cls(np.zeros((d, d)), np.zeros((d, c)))
-
-    def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        if len(x):
-            x64, y64 = x.astype(np.float64), y.astype(np.float64)
-            self.xtx += x64.T @ x64
-            self.xty += x64.T @ y64
-            self.yty += float(np.sum(y64 * y64))
-            self.rows += len(x)
-
-    def __add__(self, other: "Normal") -> "Normal":
-        return Normal(self.xtx + other.xtx, self.xty + other.xty, self.yty + other.yty, self.rows + other.rows)
-
-    def mse(self, w: np.ndarray) -> float:
-        """Mean squared error of X W against Y over these rows, from the statistics alone."""
-        sse = self.yty - 2.0 * float(np.sum(w * self.xty)) + float(np.sum(w * (self.xtx @ w)))
-        return max(sse, 0.0) / max(1, self.rows * w.shape[1])
+    def of(cls, config) -> "Reconstruction":
+        """From a config.ReconstructConfig (the fields of the same names)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{f.name: getattr(config, f.name) for f in fields(config) if f.name in names})
 
 
-def ridge(stats: Normal, prior: np.ndarray, lam_rel: float, intercept: bool) -> np.ndarray:
-    """argmin |Y - X W|^2 + lambda |W - prior|^2 over the weight rows (the intercept row is free)."""
-    d = stats.xtx.shape[0]
-    k = d - 1 if intercept else d
-    lam = lam_rel * max(float(np.trace(stats.xtx[:k, :k])) / max(k, 1), 1e-12)
-    reg = np.full(d, lam)
-    if intercept:
-        reg[-1] = 0.0
-    a = stats.xtx + np.diag(reg)
-    b = stats.xty + reg[:, None] * prior
-    try:
-        return np.linalg.solve(a, b)
-    except np.linalg.LinAlgError:
-        return np.linalg.lstsq(a, b, rcond=None)[0]
-
-
-def _with_ones(x: np.ndarray) -> np.ndarray:
-    return np.concatenate([x, np.ones((len(x), 1), dtype=x.dtype)], axis=1)
-
-
-def _pick(total: int, cap: int, rng: np.random.Generator) -> np.ndarray:
-    return np.sort(rng.choice(total, cap, replace=False)) if total > cap else np.arange(total)
-
-
-class Weights:
-    """Initializers of a model by name: read as arrays, written back in their own dtype."""
-
-    def __init__(self, model: onnx.ModelProto):
-        self.model = model
-        self.inits = {i.name: i for i in model.graph.initializer}
-
-    def get(self, name: str) -> Optional[np.ndarray]:
-        t = self.inits.get(name)
-        return None if t is None else numpy_helper.to_array(t)
-
-    def set(self, name: str, value: np.ndarray) -> None:
-        dtype = helper.tensor_dtype_to_np_dtype(self.inits[name].data_type)
-        self.inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value).astype(dtype), name))
-
-    def add(self, name: str, value: np.ndarray) -> str:
-        used = self.inits.keys() | {o for n in self.model.graph.node for o in n.output}
-        base, i = name, 1
-        while name in used:
-            name, i = f"{base}_{i}", i + 1
-        self.model.graph.initializer.append(numpy_helper.from_array(value, name))
-        self.inits[name] = self.model.graph.initializer[-1]
-        return name
-
-
-@dataclass
-class Layer(ABC):
-    """One layer to refit: `x` its input in the pruned model, `y` the output matched in both models."""
-
-    node: onnx.NodeProto
-    x: str
-    y: str
-    out_keep: Optional[np.ndarray]  # original output channels that remain (None: all)
-    features: int  # D: rows of the weight matrix, intercept included
-    outputs: int  # C: remaining output channels
-    intercept: bool = True
-    level: int = 0
-
-    train: Optional[Normal] = field(default=None, init=False)  # statistics of most samples
-    held: Optional[Normal] = field(default=None, init=False)  # of the held-out samples
-
-    def start(self) -> None:
-        """Allocate the statistics (D x D each: only for the layers of the level being refit)."""
-        self.train = Normal.zeros(self.features, self.outputs)
-        self.held = Normal.zeros(self.features, self.outputs)
-
-    @property
-    def name(self) -> str:
-        return self.node.name or self.node.output[0]
-
-    @abstractmethod
-    def matrix(self, w: Weights) -> np.ndarray:
-        """The current weights as a [D, C] matrix (last row: the intercept, when there is one)."""
-
-    @abstractmethod
-    def rows(self, x: np.ndarray, y: np.ndarray, cap: int, rng: np.random.Generator
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(X rows, Y rows, sample index of each row) from one batch, at most `cap` rows."""
-
-    @abstractmethod
-    def write(self, w: Weights, m: np.ndarray) -> None:
-        """Store a [D, C] matrix as the layer's weights (and bias)."""
-
-    def _targets(self, y: np.ndarray) -> np.ndarray:
-        if self.out_keep is None:
-            return y
-        if len(self.out_keep) != y.shape[1]:
-            raise ValueError(f"the original output of {self.name} has {y.shape[1]} channels, the record "
-                             f"{len(self.out_keep)}")
-        return y[:, self.out_keep]
-
-
-@dataclass
-class ConvLayer(Layer):
-    """Conv with group=1 and 1 or 2 spatial axes, unrolled by im2col."""
-
-    kernel: tuple[int, ...] = ()
-
-    def _geometry(self, x_shape: tuple, y_shape: tuple, k: tuple) -> tuple[list[int], list[int], list[tuple[int, int]]]:
-        r = len(k)
-        strides = list(attr(self.node, "strides", [1] * r))
-        dil = list(attr(self.node, "dilations", [1] * r))
-        auto = attr(self.node, "auto_pad", b"NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else auto
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
-            pads = []
-            for i, o, kk, s, d in zip(x_shape[2:], y_shape[2:], k, strides, dil):
-                total = max((o - 1) * s + (kk - 1) * d + 1 - i, 0)
-                begin = total // 2 if auto == "SAME_UPPER" else total - total // 2
-                pads.append((begin, total - begin))
-        else:
-            p = list(attr(self.node, "pads", [0] * 2 * r)) if auto != "VALID" else [0] * 2 * r
-            pads = list(zip(p[:r], p[r:]))
-        return strides, dil, pads
-
-    def matrix(self, w):
-        k = w.get(self.node.input[1])
-        m = k.reshape(k.shape[0], -1).T
-        b = w.get(self.node.input[2]) if len(self.node.input) > 2 and self.node.input[2] else None
-        return np.concatenate([m, (np.zeros(k.shape[0]) if b is None else b)[None, :]]).astype(np.float64)
-
-    def rows(self, x, y, cap, rng):
-        kshape = self.kernel
-        strides, dil, pads = self._geometry(x.shape, y.shape, kshape)
-        if len(kshape) == 1:  # 1-D as 2-D with a unit axis
-            x, y, kshape = x[:, :, None, :], y[:, :, None, :], (1, kshape[0])
-            strides, dil, pads = [1] + strides, [1] + dil, [(0, 0)] + pads
-        xp = np.pad(x, ((0, 0), (0, 0), *pads))
-        n_, c = x.shape[:2]
-        oh, ow = y.shape[2:]
-        n, i, j = np.unravel_index(_pick(n_ * oh * ow, cap, rng), (n_, oh, ow))
-        hs = i[:, None] * strides[0] + np.arange(kshape[0]) * dil[0]
-        ws = j[:, None] * strides[1] + np.arange(kshape[1]) * dil[1]
-        patches = xp[n[:, None, None, None], np.arange(c)[None, :, None, None], hs[:, None, :, None], ws[:, None, None, :]]
-        return _with_ones(patches.reshape(len(n), -1)), self._targets(y[n, :, i, j]), n
-
-    def write(self, w, m):
-        k = w.get(self.node.input[1])
-        w.set(self.node.input[1], m[:-1].T.reshape(k.shape))
-        if len(self.node.input) > 2 and self.node.input[2]:
-            w.set(self.node.input[2], m[-1])
-        else:
-            name = w.add(f"{self.node.output[0]}__reconstructed_bias", m[-1].astype(k.dtype))
-            self.node.input.append(name)
-
-
-class GemmLayer(Layer):
-    """Y = alpha * A B + beta * C with transA = 0; refit as one [K + 1, N] matrix."""
-
-    def _b(self, w: Weights) -> np.ndarray:
-        b = w.get(self.node.input[1])
-        return b.T if attr(self.node, "transB", 0) else b
-
-    def _c(self, w: Weights) -> Optional[np.ndarray]:
-        return w.get(self.node.input[2]) if len(self.node.input) > 2 and self.node.input[2] else None
-
-    def matrix(self, w):
-        b = self._b(w) * attr(self.node, "alpha", 1.0)
-        c = self._c(w)
-        bias = np.zeros(b.shape[1]) if c is None else np.broadcast_to(c.reshape(-1), (b.shape[1],)) * attr(self.node, "beta", 1.0)
-        return np.concatenate([b, bias[None, :]]).astype(np.float64)
-
-    def rows(self, x, y, cap, rng):
-        idx = _pick(len(x), cap, rng)
-        return _with_ones(x[idx]), self._targets(y[idx]), idx
-
-    def write(self, w, m):
-        b = m[:-1] / attr(self.node, "alpha", 1.0)
-        w.set(self.node.input[1], b.T if attr(self.node, "transB", 0) else b)
-        c = self._c(w)
-        if c is None:
-            set_attr(self.node, "beta", 1.0)
-            name = w.add(f"{self.node.output[0]}__reconstructed_bias", m[-1].astype(self._b(w).dtype))
-            while len(self.node.input) < 2:
-                self.node.input.append("")
-            self.node.input.append(name)
-            return
-        bias = m[-1] / attr(self.node, "beta", 1.0)
-        w.set(self.node.input[2], bias.reshape(c.shape) if c.size == bias.size else bias)
-
-
-@dataclass
-class MatMulLayer(Layer):
-    """x @ W with constant 2-D W (hidden = last axis), with the bias of a following Add if there is one."""
-
-    bias: Optional[str] = None  # the Add's constant
-
-    def matrix(self, w):
-        m = w.get(self.node.input[1]).astype(np.float64)
-        if self.bias is None:
-            return m
-        return np.concatenate([m, w.get(self.bias).reshape(1, -1)])
-
-    def rows(self, x, y, cap, rng):
-        k = x.shape[-1]
-        per = int(np.prod(x.shape[1:-1])) if x.ndim > 2 else 1
-        xr, yr = x.reshape(-1, k), y.reshape(len(x) * per, -1)
-        idx = _pick(len(xr), cap, rng)
-        xs = _with_ones(xr[idx]) if self.bias is not None else xr[idx]
-        return xs, self._targets(yr[idx]), idx // per
-
-    def write(self, w, m):
-        if self.bias is None:
-            w.set(self.node.input[1], m)
-        else:
-            w.set(self.node.input[1], m[:-1])
-            w.set(self.bias, m[-1].reshape(w.get(self.bias).shape))
+def changed_tensors(model: onnx.ModelProto, kept: dict[str, np.ndarray]) -> set[str]:
+    """Tensors of the pruned `model` whose values (at the kept positions) differ from the original's:
+    outputs of a node that mixes channels one of its inputs lost, and everything downstream of them."""
+    moved: set[str] = set()
+    for node in model.graph.node:
+        ins = [i for i in node.input if i]
+        lost = any(kept.get(i) is not None and not kept[i].all() for i in ins)
+        mixes = node.op_type not in CHANNELWISE and not (node.op_type == "Conv" and attr(node, "group", 1) > 1)
+        if any(i in moved for i in ins) or (lost and mixes):
+            moved.update(o for o in node.output if o)
+    return moved
 
 
 def _conv_layer(node: onnx.NodeProto, w: Weights, kept: dict[str, np.ndarray]) -> Layer | str:
     weight = w.get(node.input[1])
-    if attr(node, "group", 1) != 1:
-        return f"grouped or depthwise conv (group={attr(node, 'group', 1)}) is not refit"
     if weight.ndim not in (3, 4):
         return f"{weight.ndim - 2}-D convolutions are not refit (1-D and 2-D only)"
     if len(node.input) > 2 and node.input[2] and w.get(node.input[2]) is None:
         return "the bias is not an initializer"
+    g = int(attr(node, "group", 1))
     return ConvLayer(node, node.input[0], node.output[0], kept.get(node.output[0]), int(np.prod(weight.shape[1:])) + 1,
-                     weight.shape[0], kernel=tuple(weight.shape[2:]))
+                     weight.shape[0], groups=g, kernel=tuple(weight.shape[2:]))
 
 
 def _gemm_layer(node: onnx.NodeProto, w: Weights, kept: dict[str, np.ndarray]) -> Layer | str:
@@ -325,18 +132,23 @@ def _matmul_layer(node: onnx.NodeProto, w: Weights, kept: dict[str, np.ndarray],
 
 
 def find_layers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, np.ndarray],
-                rec: PassRecord) -> list[Layer]:
-    """The layers of `pruned` that lost input channels and can be refit; the others are skipped with a reason."""
+                rec: PassRecord, options: Optional[Reconstruction] = None) -> list[Layer]:
+    """The layers of `pruned` to reconstruct (module doc); those that cannot be are skipped with a reason."""
+    opts = options or Reconstruction()
     w = Weights(pruned)
     orig_out = {o for n in original.graph.node for o in n.output}
+    moved = changed_tensors(pruned, kept) if opts.sequential else set()
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in pruned.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     layers: list[Layer] = []
     for node in pruned.graph.node:
-        k_in = kept.get(node.input[0]) if node.input else None
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or k_in is None or k_in.all():
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or not node.input:
+            continue
+        k_in = kept.get(node.input[0])
+        lost = k_in is not None and not k_in.all()
+        if not lost and node.input[0] not in moved:
             continue
         found: Layer | str
         if node.op_type == "ConvTranspose":
@@ -356,6 +168,7 @@ def find_layers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
         if isinstance(found, str):
             rec.skip(f"{node.op_type} '{node.name or node.output[0]}'", f"reconstruct: {found}")
         else:
+            found.lost_inputs = lost
             layers.append(found)
     _assign_levels(pruned, layers)
     return layers
@@ -382,22 +195,36 @@ def _instrumented(model: onnx.ModelProto, names: list[str]):
     return make_session(m, optimize=True)
 
 
-@dataclass
-class Reconstruction:
-    """Options: at most `max_rows` rows per layer in all (spread over the batches), `seed` for the
-    row sampling, ridge strengths `lambdas` (relative to trace(X^T X) / D)."""
+def _static_batch(model: onnx.ModelProto, feed: Feed) -> bool:
+    dims = {i.name: i.type.tensor_type.shape.dim for i in model.graph.input}
+    return any(len(dims.get(n, [])) > a and dims[n][a].dim_value > 0 for n, a in feed.axes.items())
 
-    max_rows: int = 16384
-    seed: int = 0
-    lambdas: tuple[float, ...] = LAMBDAS
+
+def _split(feed: Feed, k: int) -> list[Feed]:
+    """A run of data as runs of at most k samples (split along each input's batch axis)."""
+    if k >= feed.samples or feed.size != feed.samples or not feed.axes or set(feed) - set(feed.axes):
+        return [feed]  # a padded fixed batch, or constant inputs broadcast to the run: kept whole
+    return [Feed({n: np.take(v, np.arange(s, min(s + k, feed.samples)), axis=feed.axes[n]) for n, v in feed.items()},
+                 min(k, feed.samples - s), min(k, feed.samples - s), dict(feed.axes))
+            for s in range(0, feed.samples, k)]
+
+
+def _runs(batches: list, model: onnx.ModelProto, per_sample: float, budget: int) -> list:
+    """The runs, re-split so that the tensors one level fetches (`per_sample` bytes a sample) fit in `budget`."""
+    first = batches[0]
+    if not isinstance(first, Feed) or _static_batch(model, first):
+        return batches
+    k = max(1, int(budget // max(per_sample, 1.0)))
+    return [r for b in batches for r in (_split(b, k) if isinstance(b, Feed) else [b])]
 
 
 def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, np.ndarray],
                 batches: Batches, rec: PassRecord, options: Optional[Reconstruction] = None,
                 progress: Optional[Callable[[int, int, str], None]] = None) -> onnx.ModelProto:
-    """Refit the layers of `pruned` that lost input channels; returns a new model (same shapes), fills
-    rec.stats["reconstruct"] with per-layer held-out MSE before/after and adds skips with reasons.
-    `progress(done, total, what)` is told each level's pass over the data and each layer's refit."""
+    """Reconstruct `pruned` (module doc); returns a new model (same shapes; a conv or Gemm without bias may
+    gain one). rec.stats["reconstruct"] gets per-layer held-out MSE before/after and the steps applied,
+    rec.changed the layers changed, rec.skipped what was left and why. `progress(done, total, what)` is
+    told each level's pass over the data and each layer's decision."""
     opts = options or Reconstruction()
     say = progress or (lambda done, total, what: None)
     t0 = time.perf_counter()
@@ -410,46 +237,99 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
     if not batches:
         rec.skip("reconstruct", "no calibration samples")
         return out
-    layers = find_layers(original, out, kept, rec)
+    layers = find_layers(original, out, kept, rec, opts)
+    if not layers:
+        return out
     w = Weights(out)
     report: dict[str, dict] = {}
-    orig_sess = _instrumented(original, [layer.y for layer in layers]) if layers else None
-    rng = np.random.default_rng(opts.seed)
-    cap = max(1, math.ceil(opts.max_rows / len(batches)))
+    changed_before = len(rec.changed)
+    orig_sess = _instrumented(original, [layer.y for layer in layers])
     levels = sorted({layer.level for layer in layers})
+    by_level = {lv: [layer for layer in layers if layer.level == lv] for lv in levels}
+    sizes = _probe_sizes(orig_sess, out, layers, batches)
+    runs = _runs(batches, original, max(sum(sizes[id(x)] for x in todo) for todo in by_level.values()), opts.max_bytes)
+    rng = np.random.default_rng(opts.seed)
+    cap = max(1, math.ceil(opts.max_rows / len(runs)))
     for li, level in enumerate(levels):
-        todo = [layer for layer in layers if layer.level == level]
+        todo = by_level[level]
         say(len(report), len(layers), f"reconstruct: level {li + 1}/{len(levels)}, reading the data for "
                                       f"{len(todo)} layer{'s' if len(todo) > 1 else ''}")
         for layer in todo:
             layer.start()
         sess = _instrumented(out, [layer.x for layer in todo])
         offset = 0
-        for batch in batches:
-            n = samples_of(batch)
-            ys = run_feed(orig_sess, [layer.y for layer in todo], batch, "the calibration data")
-            xs = run_feed(sess, [layer.x for layer in todo], batch, "the calibration data")
+        for run in runs:
+            n = samples_of(run)
+            ys = run_feed(orig_sess, [layer.y for layer in todo], run, "the calibration data")
+            xs = run_feed(sess, [layer.x for layer in todo], run, "the calibration data")
             held = (np.arange(offset, offset + n) % HELD_OUT_EVERY) == HELD_OUT_EVERY - 1
             offset += n
             for layer, x, y in zip(todo, xs, ys):
                 xr, yr, sample = layer.rows(x, y, cap, rng)
                 h = held[sample]
-                layer.train.add(xr[~h], yr[~h])
-                layer.held.add(xr[h], yr[h])
+                layer.train.add(xr[:, ~h], yr[:, ~h])
+                layer.held.add(xr[:, h], yr[:, h])
+            del xs, ys
+        del sess
         for layer in todo:
-            say(len(report), len(layers), f"reconstruct: refit {layer.node.op_type} '{layer.name}' "
-                                          f"({layer.features} x {layer.outputs})")
-            report[layer.name] = _refit(layer, w, opts, rec)
-    if layers:
-        say(len(layers), len(layers), "reconstruct: done")
+            say(len(report), len(layers), f"reconstruct: {layer.kind} '{layer.name}' ({layer.groups} x "
+                                          f"{layer.features} x {layer.outputs // layer.groups})")
+            report[layer.name] = _decide(layer, w, opts, rec)
+    say(len(layers), len(layers), "reconstruct: comparing the outputs")
+    before, after = _output_errors(original, pruned, out, runs)
     rec.stats["reconstruct"] = {
         "layers": report,
         "refit": sum(r["accepted"] for r in report.values()),
+        "recalibrated": sum("bn_recalibration" in r["steps"] for r in report.values()),
+        "bias_corrected": sum("bias_correction" in r["steps"] for r in report.values()),
         "samples": sum(samples_of(b) for b in batches),
-        "levels": len({layer.level for layer in layers}),
+        "runs": len(runs),
+        "levels": len(levels),
+        "output_error_before": before,
+        "output_error_after": after,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if not after <= before:
+        del rec.changed[changed_before:]
+        rec.stats["reconstruct"]["kept_pruned"] = True
+        rec.skip("reconstruct", f"the reconstructed model's outputs are further from the original's on the "
+                                f"calibration data (relative MSE {after:.4g} vs {before:.4g}); the pruned model is kept")
+        keep = onnx.ModelProto()
+        keep.CopyFrom(pruned)
+        return keep
     return out
+
+
+def _probe_sizes(orig_sess, pruned: onnx.ModelProto, layers: list[Layer], batches: list) -> dict:
+    """Bytes per sample of what each layer fetches (its input, its target twice over: the read and the rows),
+    measured on one sample."""
+    first = batches[0]
+    one = _split(first, 1)[0] if isinstance(first, Feed) else first
+    n = max(1, samples_of(one))
+    xs = run_feed(_instrumented(pruned, [layer.x for layer in layers]), [layer.x for layer in layers], one)
+    ys = run_feed(orig_sess, [layer.y for layer in layers], one)
+    return {id(layer): (x.nbytes + 2 * y.nbytes) / n for layer, x, y in zip(layers, xs, ys)}
+
+
+def _output_errors(original: onnx.ModelProto, pruned: onnx.ModelProto, rebuilt: onnx.ModelProto,
+                   runs: list) -> tuple[float, float]:
+    """Relative output MSE (sum over outputs of MSE / mean square of the original's) of the pruned and the
+    reconstructed model against the original, on all the calibration runs."""
+    names = [o.name for o in original.graph.output]
+    sessions = [make_session(m, optimize=True) for m in (original, pruned, rebuilt)]
+    err = np.zeros((2, len(names)))
+    ref_sq = np.zeros(len(names))
+    for run in runs:
+        ref, *cands = [run_feed(s, names, run, "the calibration data") for s in sessions]
+        for j, r in enumerate(ref):
+            r64 = np.asarray(r, dtype=np.float64)
+            if not np.issubdtype(np.asarray(r).dtype, np.floating):
+                continue
+            ref_sq[j] += float(np.sum(r64 * r64))
+            for i, c in enumerate(cands):
+                err[i, j] += float(np.sum((np.asarray(c, dtype=np.float64) - r64) ** 2))
+    rel = err / np.maximum(ref_sq, 1e-30)
+    return float(rel[0].sum()), float(rel[1].sum())
 
 
 def _as_feeds(batches, model: onnx.ModelProto) -> list[Feed]:
@@ -463,24 +343,53 @@ def _as_feeds(batches, model: onnx.ModelProto) -> list[Feed]:
     return list(feeds(Dataset(batches, None, "calibration"), 64, None, model))
 
 
-def _refit(layer: Layer, w: Weights, opts: Reconstruction, rec: PassRecord) -> dict:
+def _decide(layer: Layer, w: Weights, opts: Reconstruction, rec: PassRecord) -> dict:
+    """Refit, recalibrate or correct one layer from its statistics; write the result; say what and why."""
     prior = layer.matrix(w)
     train, held = layer.train, layer.held
     layer.train = layer.held = None  # freed with this function's locals
     check = held if held.rows else train  # too few samples to hold any out: judged on the fitting rows
-    fits = {lam: ridge(train, prior, lam, layer.intercept) for lam in opts.lambdas}
-    lam = min(fits, key=lambda k: check.mse(fits[k]))
-    before, after = check.mse(prior), check.mse(fits[lam])
     everything = train + held
-    row = {"mse_before": before, "mse_after": after, "lambda": lam, "rows": everything.rows,
-           "held_out_rows": held.rows, "accepted": bool(after < before)}
     target = f"{layer.node.op_type} '{layer.name}'"
-    if not after < before:
-        rec.skip(target, f"reconstruct: the refit does not lower the layer's held-out output MSE "
-                         f"({after:.4g} vs {before:.4g} without); weights kept")
-        return row
-    final = ridge(everything, prior, lam, layer.intercept)
-    layer.write(w, final)
-    row["calib_mse_before"], row["calib_mse_after"] = everything.mse(prior), everything.mse(final)
-    rec.changed.append(f"{layer.name} (reconstructed)")
+    before = check.mse(prior)
+    row = {"kind": layer.kind, "mse_before": before, "rows": everything.rows, "held_out_rows": held.rows,
+           "lost_inputs": layer.lost_inputs, "accepted": False, "steps": []}
+    current = prior
+    if not opts.refit:
+        pass
+    elif layer.groups > 1 and not opts.depthwise:
+        rec.skip(target, f"reconstruct: {layer.kind} is not refit (depthwise refit is off)")
+    else:
+        fits = {lam: ridge(train, prior, lam, layer.intercept) for lam in opts.lambdas}
+        lam = min(fits, key=lambda k: check.mse(fits[k]))
+        refit_mse = check.mse(fits[lam])
+        row.update({"lambda": lam, "refit_mse": refit_mse})
+        if refit_mse < before:
+            current = ridge(everything, prior, lam, layer.intercept)
+            row["accepted"] = True
+            row["steps"].append("refit")
+        else:
+            rec.skip(target, f"reconstruct: the refit does not lower the layer's held-out output MSE "
+                             f"({refit_mse:.4g} vs {before:.4g} without); weights kept")
+    if not row["accepted"] and (opts.bn_recalibration or opts.bias_correction):
+        if not layer.intercept:
+            rec.skip(target, "reconstruct: no bias to recalibrate or correct (a MatMul without a following Add)")
+        else:
+            moments = Moments.of(everything, current)
+            if opts.bn_recalibration and layer.node.op_type == "Conv":
+                a, b, ok = moments.recalibration()
+                row["steps"].append("bn_recalibration")
+                row["recalibrated_channels"] = int(ok.sum())
+                if not ok.all():
+                    rec.skip(target, f"reconstruct: {int((~ok).sum())} output channel(s) constant on the calibration "
+                                     f"data: only their mean was recalibrated")
+            else:
+                a, b = moments.bias_correction()
+                row["steps"].append("bias_correction")
+            current = affine(current, a, b)
+    row["mse_after"] = check.mse(current)
+    if row["steps"]:
+        row["calib_mse_before"], row["calib_mse_after"] = everything.mse(prior), everything.mse(current)
+        layer.write(w, current)
+        rec.changed.append(f"{layer.name} (reconstructed: {', '.join(row['steps'])})")
     return row
