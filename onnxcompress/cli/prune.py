@@ -18,7 +18,28 @@ from .inspect import StepPrinter, input_shape_option
 @click.option("--ratio", type=float, default=0.0, show_default=True,
               help="Share of channels to prune (0 = only remove channels whose weights are already zero).")
 @click.option("--zeroed-only", is_flag=True, help="Only remove channels that are already zero (exact).")
-@click.option("--criterion", type=click.Choice(["l1", "l2", "bn_scale"]), default=PruneConfig.criterion, show_default=True)
+@click.option("--target-macs", type=float, help="Keep this fraction of the MACs (e.g. 0.7), allocated over the layers "
+              "with the least measured damage (--allocation); instead of --ratio.")
+@click.option("--target-params", type=float, help="Keep this fraction of the parameters (like --target-macs).")
+@click.option("--allocation", type=click.Choice(["sensitivity", "global"]), default=PruneConfig.allocation,
+              show_default=True, help="With a target: 'sensitivity' measures each layer's output damage at "
+              "--sensitivity-fractions on calibration data and spends the reduction where it hurts least; 'global' "
+              "is one score threshold (the --ratio rule).")
+@click.option("--damage", type=click.Choice(["auto", "kl", "cosine", "mse"]), default=PruneConfig.damage,
+              show_default=True, help="Output damage against the input model: auto = KL on class outputs, else relative MSE.")
+@click.option("--sensitivity-samples", type=int, default=PruneConfig.sensitivity_samples, show_default=True,
+              help="Calibration samples the sensitivity and activation scores read.")
+@click.option("--max-layer-fraction", type=float, default=PruneConfig.max_layer_fraction, show_default=True,
+              help="Never prune more than this share of one layer.")
+@click.option("--max-drop", type=float, help="With -v: search (bisection on the target) for the largest reduction whose "
+              "drop stays within D points (top-1 with labels, else agreement with the input model); the best model "
+              "so far is written; none within it exits 1.")
+@click.option("--search-steps", type=int, default=PruneConfig.search_steps, show_default=True,
+              help="Bisection steps of the --max-drop search.")
+@click.option("--criterion", "--score", "criterion",
+              type=click.Choice(["l1", "l2", "bn_scale", "activation", "activation_l2"]), default=PruneConfig.criterion,
+              show_default=True, help="How channels are ranked within a layer: weight norms, BN scale, or mean |activation| "
+              "/ activation RMS on calibration data (needs -c).")
 @click.option("--scope", type=click.Choice(["global", "layer"]), default=PruneConfig.scope, show_default=True)
 @click.option("--align", type=int, default=PruneConfig.align, show_default=True, help="Keep widths multiples of N.")
 @click.option("--min-channels", type=int, default=PruneConfig.min_channels, show_default=True)
@@ -40,7 +61,8 @@ from .inspect import StepPrinter, input_shape_option
 @data_options
 @json_option
 @handle_errors
-def prune_cmd(model, output, ratio, zeroed_only, criterion, scope, align, min_channels, calibration,
+def prune_cmd(model, output, ratio, zeroed_only, target_macs, target_params, allocation, damage, sensitivity_samples,
+              max_layer_fraction, max_drop, search_steps, criterion, scope, align, min_channels, calibration,
               calibration_samples, validation, task, gate_exprs, input_shape, verbose, as_json, input_layout, data_flags):
     """Physically remove channels from MODEL: dead ones exactly, or the weakest at --ratio. The result's task
     metric against MODEL is printed (on -v, gated; else on calibration samples)."""
@@ -54,8 +76,13 @@ def prune_cmd(model, output, ratio, zeroed_only, criterion, scope, align, min_ch
     from ..stats import check_input_shapes, parse_input_shapes
 
     cfg = PruneConfig(enabled=True, ratio=ratio, zeroed_only=zeroed_only, criterion=criterion, scope=scope,
-                      align=align, min_channels=min_channels, calibration_samples=calibration_samples)
+                      align=align, min_channels=min_channels, calibration_samples=calibration_samples,
+                      target_macs=target_macs, target_params=target_params, allocation=allocation, damage=damage,
+                      sensitivity_samples=sensitivity_samples, max_layer_fraction=max_layer_fraction, max_drop=max_drop,
+                      search_steps=search_steps)
     cfg.validate()
+    if max_drop is not None and not validation:
+        raise InputError("--max-drop searches against validation data; pass -v VAL")
     shapes = parse_input_shapes(input_shape)
     out = check_output_path(output, model, calibration, validation)
     for g in gate_exprs:
@@ -70,11 +97,35 @@ def prune_cmd(model, output, ratio, zeroed_only, criterion, scope, align, min_ch
     say = None if as_json else (lambda msg: click.echo(msg, err=True))
     ds = open_data(calibration, layout, dcfg, m, say) if calibration else None
     val = open_data(validation, layout, dcfg, m, say) if validation else None
-    batches = list(ds.feeds(64, calibration_samples)) if ds else None
-    pruned, rec = prune_model(m, cfg, calibration=batches, progress=None if as_json else StepPrinter("prune"),
+    batches = ds.take(calibration_samples) if ds else None  # a Dataset: each step runs it at its own batch size
+    progress = None if as_json else StepPrinter("prune")
+    exact = (cfg.zeroed_only or cfg.ratio == 0) and cfg.target_macs is None and cfg.target_params is None
+    if max_drop is not None:
+        from ..passes.prune.search import search
+
+        def save(model_, rec_, cand) -> None:  # the best model so far, atomically, through the back door
+            save_verified(model_, out, pass_name="prune", reference=m, exact=False, feeds=feeds_from(ds or val, m),
+                          record=rec_)
+
+        found = search(m, cfg, val, batches, TaskConfig(name=task), tuple(gate_exprs),
+                       feed=example_feed(ds, 1, m) if ds else None, input_shapes=shapes, progress=progress, on_best=save)
+        lines = search_lines(found.to_dict(), max_drop)
+        if found.best is None:
+            last = found.tried[-1]
+            drop = "not measured" if last.drop is None else f"{last.drop:.2f} points"
+            emit(as_json, {"search": found.to_dict()}, "\n".join(lines))
+            raise AccuracyRegression(f"no pruned model is within --max-drop {max_drop:g}: even the smallest step "
+                                     f"({found.knob} {last.amount:.3f}) measured a drop of {drop} "
+                                     f"({'; '.join(last.verdict.failures())}); nothing written")
+        rec = found.best_record
+        rec.stats["quality"] = found.best.quality
+        rec.stats["search"] = found.to_dict()
+        emit(as_json, rec.to_dict(), summary(out, rec.to_dict(), verbose) + "\n" + "\n".join(
+            lines + quality_lines(found.best.quality, "pruned", "")))
+        return
+    pruned, rec = prune_model(m, cfg, calibration=batches, progress=progress,
                               feed=example_feed(ds, 1, m) if ds else None, input_shapes=shapes)
-    save_verified(pruned, out, pass_name="prune", reference=m, exact=cfg.zeroed_only or cfg.ratio == 0,
-                  feeds=feeds_from(ds or val, m), record=rec)
+    save_verified(pruned, out, pass_name="prune", reference=m, exact=exact, feeds=feeds_from(ds or val, m), record=rec)
     quality = against_reference(m, pruned, val if val is not None else ds, TaskConfig(name=task), tuple(gate_exprs),
                                 held_out=val is not None)
     rec.stats["quality"] = quality
@@ -82,6 +133,20 @@ def prune_cmd(model, output, ratio, zeroed_only, criterion, scope, align, min_ch
         quality_lines(quality, "pruned", "pass -v VAL to gate it, or a smaller --ratio")))
     if quality is not None and quality["data"] == "validation" and quality["passed"] is False:
         raise AccuracyRegression("; ".join(quality["failures"]) + f" (pruned model written to {out})")
+
+
+def search_lines(found: dict, max_drop: float) -> list[str]:
+    """The --max-drop search, one line per candidate, then the verdict."""
+    lines = [f"search for the largest reduction within a drop of {max_drop:g} points ({found['knob']}):"]
+    for c in found["tried"]:
+        reached = "" if c["reached"] is None else f" -> {c['reached']:.3f}x"
+        drop = "drop ?" if c["drop"] is None else f"drop {c['drop']:.2f}"
+        lines.append(f"  {found['knob']} {c['amount']:.3f}{reached}: {drop} "
+                     + ("PASS" if c["passed"] is not False else "FAIL " + "; ".join(c["failures"])))
+    best = found["best"]
+    lines.append("no candidate within the budget" if best is None else
+                 f"kept {found['knob']} {best['amount']:.3f} (the best within the budget)")
+    return lines
 
 
 def _ratio(before, after) -> str:
@@ -112,6 +177,17 @@ def summary(out, rec: dict, verbose: bool = False) -> str:
     skipped = [(sk["target"], sk["reason"]) for sk in rec.get("skipped", [])]
     failed = [r for t, r in skipped if "channel pruning failed" in r]
     lines += [f"warning: {r}" for r in failed]
+    if s.get("allocation"):
+        kind = s.get("damage_kind", "auto")
+        dm = s.get("measured_damage")
+        pd = s.get("predicted_damage")
+        lines.append(f"allocation {s['allocation']} ({s.get('criterion')}) to {s['target']:.2f}x {s['target_of']}"
+                     + ("" if s.get("reached") is None else f", reached {s['reached']:.3f}x")
+                     + ("" if pd is None or pd != pd else f"; output damage ({kind}) predicted {pd:.4g}")
+                     + ("" if dm is None else f", measured {dm:.4g} on calibration data before refit"))
+        if verbose:
+            lines += [f"  {k}: {v['width_before']} -> {v['width_after']}" for k, v in s.get("layers", {}).items()
+                      if v["width_after"] != v["width_before"]]
     rc = s.get("reconstruct")
     if rc is not None:
         layers = rc["layers"]

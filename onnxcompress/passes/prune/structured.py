@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 import onnx
 
-from ...errors import OnnxCompressError
+from ...errors import InputError, OnnxCompressError
 from ..base import PassRecord
 from .graph import ChannelContext
 from .remove import (INTERNAL, MacCounter, Removal, analyze, dead_groups, own_macs, reasons_summary, removal,
@@ -54,10 +54,18 @@ def _bn_gamma(ctx: ChannelContext, node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
-def score_groups(ctx: ChannelContext, criterion: str) -> tuple[dict[int, float], dict[int, frozenset]]:
+def score_groups(ctx: ChannelContext, criterion: str,
+                 activation: Optional[dict[int, float]] = None) -> tuple[dict[int, float], dict[int, frozenset]]:
+    """Score per root (higher = more important) and the producers writing it. "activation"/"activation_l2"
+    read `activation` (sensitivity.activation_scores, measured on calibration data)."""
     score: dict[int, float] = defaultdict(float)
     producers: dict[int, set] = defaultdict(set)
     for node, wname, ids in ctx.producers:
+        roots = ctx.roots(ids).tolist()
+        for i in roots:
+            producers[i].add(node.name or node.output[0])
+        if criterion.startswith("activation"):
+            continue
         rows = _rows(node, ctx.index.const(wname)).astype(np.float64)
         gamma = _bn_gamma(ctx, node) if criterion == "bn_scale" else None
         if gamma is not None:
@@ -66,20 +74,29 @@ def score_groups(ctx: ChannelContext, criterion: str) -> tuple[dict[int, float],
             s = np.abs(rows).sum(axis=1)
         else:
             s = np.sqrt((rows ** 2).sum(axis=1))
-        for i, v in zip(ctx.roots(ids).tolist(), s.tolist()):
+        for i, v in zip(roots, s.tolist()):
             score[i] += v
-            producers[i].add(node.name or node.output[0])
+    if criterion.startswith("activation"):
+        if activation is None:
+            raise InputError(f"--criterion {criterion} scores channels by their activations; pass calibration data (-c)")
+        score.update({r: float(activation.get(r, 0.0)) for r in producers})
     return dict(score), {r: frozenset(p) for r, p in producers.items()}
 
 
-def select(ctx: ChannelContext, ratio: float, criterion: str = "l2", scope: str = "global", align: int = 8,
-           min_channels: int = 8) -> tuple[set[int], dict[str, dict]]:
-    """Roots to prune, and a per-layer summary (width before/after)."""
-    blocked = {ctx.find(i) for i in ctx.blocked}
-    score, producers = score_groups(ctx, criterion)
+def layers_of(producers: dict[int, frozenset]) -> dict[frozenset, list[int]]:
+    """Roots grouped by the producers that write them: one "layer" (a conv, or the convs of a residual stream)."""
     layers: dict[frozenset, list[int]] = defaultdict(list)
     for r, p in producers.items():
         layers[p].append(r)
+    return layers
+
+
+def select(ctx: ChannelContext, ratio: float, criterion: str = "l2", scope: str = "global", align: int = 8,
+           min_channels: int = 8, activation: Optional[dict[int, float]] = None) -> tuple[set[int], dict[str, dict]]:
+    """Roots to prune, and a per-layer summary (width before/after)."""
+    blocked = {ctx.find(i) for i in ctx.blocked}
+    score, producers = score_groups(ctx, criterion, activation)
+    layers = layers_of(producers)
     norm: dict[int, float] = {}
     for roots in layers.values():
         mean = float(np.mean([score[r] for r in roots])) or 1.0
@@ -112,11 +129,27 @@ def structured_prune(model: onnx.ModelProto, ratio: float, criterion: str = "l2"
 
 def structured_removal(model: onnx.ModelProto, ratio: float, criterion: str = "l2", scope: str = "global",
                        align: int = 8, min_channels: int = 8, macs: MacCounter = own_macs,
-                       progress: Progress = None) -> Removal:
+                       progress: Progress = None, activation: Optional[Callable[[ChannelContext], dict]] = None) -> Removal:
     """structured_prune, also returning which channel positions each changed tensor kept. `macs` counts
-    MACs before and after; `progress(done, total, what)` is told each step (analysis, scoring, removal)."""
+    MACs before and after; `progress(done, total, what)` is told each step (analysis, scoring, removal).
+    `activation(ctx)`: root -> activation score, for the activation criteria (sensitivity.activation_scores)."""
+    def pick(ctx: ChannelContext) -> tuple[set[int], dict[str, dict], dict]:
+        acts = activation(ctx) if activation is not None and criterion.startswith("activation") else None
+        chosen, summary = select(ctx, ratio, criterion, scope, align, min_channels, acts)
+        return chosen, summary, {"ratio": ratio, "criterion": criterion, "scope": scope}
+
+    return remove_selected(model, pick, macs, progress, f"scoring layers ({criterion}, {scope})")
+
+
+Picker = Callable[[ChannelContext], tuple[set[int], dict[str, dict], dict]]  # ctx -> (roots, layer summary, stats)
+
+
+def remove_selected(model: onnx.ModelProto, pick: Picker, macs: MacCounter = own_macs, progress: Progress = None,
+                    what: str = "choosing channels") -> Removal:
+    """Analyse, let `pick` choose the roots to prune (on that analysis), zero them and remove them. The
+    channel ids of every analysis of the same model agree, so a picker may use ids found earlier."""
     try:
-        return _structured_removal(model, ratio, criterion, scope, align, min_channels, macs, progress or _quiet)
+        return _remove_selected(model, pick, macs, progress or _quiet, what)
     except OnnxCompressError:
         raise
     except Exception as exc:  # noqa: BLE001 - the safety net of remove.unchanged
@@ -160,14 +193,14 @@ def _zero_removable(m: onnx.ModelProto, ctx: ChannelContext, chosen: set[int], w
     return chosen, lost_all
 
 
-def _structured_removal(model: onnx.ModelProto, ratio: float, criterion: str, scope: str, align: int,
-                        min_channels: int, macs: MacCounter, progress: Callable[[int, int, str], None]) -> Removal:
+def _remove_selected(model: onnx.ModelProto, pick: Picker, macs: MacCounter, progress: Callable[[int, int, str], None],
+                     what: str) -> Removal:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     progress(0, 3, f"analysing channel groups of {len(m.graph.node)} nodes")
     ctx = analyze(m, exact=False)
-    progress(1, 3, f"scoring {len(ctx.producers)} layers ({criterion}, {scope})")
-    chosen, summary = select(ctx, ratio, criterion, scope, align, min_channels)
+    progress(1, 3, what)
+    chosen, summary, stats = pick(ctx)
     dead, _ = dead_groups(ctx)  # removed with the chosen ones: conflicts depend on the whole set
     refused = chosen - resolve_conflicts(ctx, dead | chosen)
     chosen -= refused
@@ -183,9 +216,7 @@ def _structured_removal(model: onnx.ModelProto, ratio: float, criterion: str, sc
     rec.stats["selected_but_kept"] = reasons_summary(why[r] for r in refused)
     for (target, reason), n in Counter(why[r] for r in refused).most_common():
         rec.skip(target, f"{reason} ({n} selected channel{'s' if n > 1 else ''} kept)")
-    rec.stats["ratio"] = ratio
-    rec.stats["criterion"] = criterion
-    rec.stats["scope"] = scope
+    rec.stats.update(stats)
     rec.stats["layers"] = summary
     rec.stats["channels_selected"] = len(chosen)
     return result
