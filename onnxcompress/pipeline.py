@@ -83,8 +83,8 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
     src = Path(model_path)
     model = load_model(src)
     layout = model_layout(model, config.data.input_layout)  # checked against the model and the data, before any work
-    calib = load_data(calibration, layout) if calibration else None
-    val = load_data(validation, layout) if validation else None
+    calib = load_data(calibration, layout, config.data) if calibration else None  # config.data: its memory budget
+    val = load_data(validation, layout, config.data) if validation else None
     if config.quant.enabled and config.quant.mode == "static" and calib is None:
         raise InputError("static quantization needs calibration data; pass --calibration DATA.npz or --mode dynamic")
     out = Path(out_dir)
@@ -131,12 +131,28 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
 
         say("prune")
         t0 = time.perf_counter()
-        batches = (list(calib.feeds(config.quant.batch_size, config.prune.calibration_samples))
-                   if calib and config.prune.reconstruct and config.prune.ratio > 0 else None)
-        prev, (current, rec) = current, prune_model(current, config.prune, calibration=batches,
-                                                                    feed=shape_feed)
+        pc = config.prune
+        targeted = pc.target_macs is not None or pc.target_params is not None
+        if calib and (targeted or pc.criterion.startswith("activation") or pc.max_drop is not None):
+            batches = calib.take(pc.calibration_samples)  # sensitivity / activation scores read it in small runs
+        else:
+            batches = (list(calib.feeds(config.quant.batch_size, pc.calibration_samples))
+                       if calib and pc.reconstruct and pc.ratio > 0 else None)
+        if pc.max_drop is not None and val is not None:  # #14: the largest reduction within the drop budget
+            from .errors import AccuracyRegression
+            from .passes.prune.search import search
+
+            found = search(current, pc, val, batches, config.validate_.task, config.validate_.gates, feed=shape_feed)
+            if found.best is None:
+                last = found.tried[-1]
+                raise AccuracyRegression(f"prune: no pruned model is within max_drop {pc.max_drop:g}: even the smallest "
+                                         f"step ({found.knob} {last.amount:.3f}) failed: {'; '.join(last.verdict.failures())}")
+            prev, current, rec = current, found.best_model, found.best_record
+            rec.stats["search"] = found.to_dict()
+        else:
+            prev, (current, rec) = current, prune_model(current, pc, calibration=batches, feed=shape_feed)
         path = save_verified(current, out / f"{stem}.pruned.onnx", pass_name="prune", reference=prev, feeds=feeds,
-                             exact=config.prune.zeroed_only or config.prune.ratio == 0, record=rec)
+                             exact=(pc.zeroed_only or pc.ratio == 0) and not targeted and pc.max_drop is None, record=rec)
         stages.append(Stage("pruned", path, rec, time.perf_counter() - t0))
     if config.quant.enabled:
         from .quant.search import quantize_model
@@ -165,10 +181,13 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
     if val is not None:
         from .evaluate.validate import compare_sessions
 
+        from .evaluate.budget import run_batch
+
         ref_sess = make_session(src)
         vcfg = config.validate_
+        vbatch = run_batch(model, val, vcfg.batch_size)  # the model's working set x batch within the memory budget
         for st in stages:
-            cmp = compare_sessions(ref_sess, make_session(st.path), val, vcfg.batch_size, vcfg.max_samples,
+            cmp = compare_sessions(ref_sess, make_session(st.path), val, vbatch, vcfg.max_samples,
                                    progress=_ticks(progress), what=f"validate {st.name}", task=vcfg.task,
                                    user_metric=vcfg.metric)
             if not compared:

@@ -160,3 +160,19 @@ def test_activation_scoring_prunes_the_channels_that_never_fire(criterion):
     np.testing.assert_allclose(run_ort(pruned, {"input": x})[0], run_ort(m, {"input": x})[0], rtol=1e-5, atol=1e-5)
     with pytest.raises(InputError, match="calibration data"):
         prune_model(m, PruneConfig(enabled=True, ratio=0.5, criterion=criterion))
+
+
+def test_pipeline_prune_stage_passes_the_target_through(tmp_path):
+    from onnxcompress.config import BenchConfig, PipelineConfig, QuantConfig, SimplifyConfig
+    from onnxcompress.pipeline import convert
+
+    mp, dp = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(dead_half_model(), str(mp))
+    np.savez(dp, input=data([4, 6, 6]).chunks[0]["input"])
+    cfg = PipelineConfig(prune=PruneConfig(enabled=True, target_macs=0.7, align=4, min_channels=4),
+                         quant=QuantConfig(enabled=False), simplify=SimplifyConfig(enabled=False),
+                         bench=BenchConfig(runs=2, warmup=1))
+    report = convert(mp, tmp_path / "out", cfg, dp, dp)
+    pruned = next(s for s in report["stages"] if s["name"] == "pruned")
+    shapes = {i.name: list(i.dims) for i in onnx.load(str(tmp_path / "out" / pruned["path"].split("/")[-1])).graph.initializer}
+    assert shapes["wa"][0] == 16 and shapes["wb"][0] == 8 and shapes["wf"] == [5, 8]
