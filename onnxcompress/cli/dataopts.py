@@ -57,9 +57,12 @@ OPTIONS = [
                  help="Order of streamed samples (images, text, audio): a permutation with this seed [0], so the "
                       "first N (--samples) are a reproducible random subset; -1 = file order."),
     click.option("--skip-bad", is_flag=True, default=None, help="Leave unreadable image/WAV files out (counted) instead of stopping."),
+    click.option("--memory-budget", default=None, metavar="SIZE",
+                 help="Memory for the intermediate tensors that calibration, per-layer comparisons and reconstruction "
+                      "read (e.g. 512M, 2G): runs and passes over the data are sized to it [min(2G, half the free RAM)]."),
 ]
 NAMES = ("data_config_file", "preset", "image_size", "mean", "std", "gray_to_rgb", "labels_csv", "tokenizer", "text_column",
-         "label_column", "max_length", "sample_rate", "mix_to_mono", "seed", "skip_bad")
+         "label_column", "max_length", "sample_rate", "mix_to_mono", "seed", "skip_bad", "memory_budget")
 
 
 def build_data_config(base: Optional[DataConfig] = None, **kw) -> DataConfig:
@@ -74,7 +77,11 @@ def build_data_config(base: Optional[DataConfig] = None, **kw) -> DataConfig:
     text = {k: v for k, v in {"tokenizer": kw.get("tokenizer"), "column": kw.get("text_column"),
                               "label_column": kw.get("label_column"), "max_length": kw.get("max_length")}.items() if v is not None}
     audio = {k: v for k, v in {"sample_rate": kw.get("sample_rate"), "mix_to_mono": kw.get("mix_to_mono")}.items() if v is not None}
-    top = {k: v for k, v in {"skip_bad": kw.get("skip_bad")}.items() if v is not None}
+    top = {k: v for k, v in {"skip_bad": kw.get("skip_bad"), "memory_budget": kw.get("memory_budget")}.items() if v is not None}
+    if "memory_budget" in top:
+        from ..evaluate.budget import parse_budget
+
+        parse_budget(top["memory_budget"])  # the flag's own name in the error
     if kw.get("seed") is not None:
         top["seed"] = None if kw["seed"] < 0 else kw["seed"]
     cfg = dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, **image), text=dataclasses.replace(cfg.text, **text),

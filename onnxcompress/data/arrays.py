@@ -84,7 +84,7 @@ def load_data(path: str | Path, specs: Union[Layout, list[InputSpec]], config=No
     if any(has) and not all(has):
         raise InputError(f"some files in {p} have 'labels' and some do not; give labels in every file or none")
     labels = np.concatenate(labels_all) if all(has) else None
-    return Dataset(chunks, labels, str(p), layout)
+    return Dataset(chunks, labels, str(p), layout, None if config is None else config.memory_budget_bytes())
 
 
 def _cast(f: Path, i: InputLayout, a: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ class Dataset:
     labels: Optional[np.ndarray]
     source: str
     layout: Optional[Layout] = None
+    memory_budget: Optional[int] = None  # bytes (DataConfig.memory_budget); None = evaluate.budget's default
 
     def _layout(self, chunk: dict[str, np.ndarray]) -> Layout:
         return self.layout or Layout.of_batch(chunk)
@@ -58,7 +59,7 @@ class Dataset:
             chunks.append({k: v if k in lay.consts else v[:left] for k, v in c.items()})
             left -= min(n, left)
         labels = None if self.labels is None else self.labels[:limit]
-        return Dataset(chunks, labels, self.source, self.layout)
+        return Dataset(chunks, labels, self.source, self.layout, self.memory_budget)
 
 
 def _values(i: InputLayout, shape: list[int], rng: np.random.Generator) -> np.ndarray:

@@ -11,9 +11,9 @@ from typing import Any, Optional
 import numpy as np
 import onnx
 
-from ..data import Dataset, feeds
+from ..data import Dataset
+from .budget import read_tensors
 from .compare import sqnr
-from .runner import make_session, run_feed, with_outputs
 
 
 def shared_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> dict[str, tuple[str, str]]:
@@ -34,22 +34,27 @@ def shared_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> dict[str, tup
 
 def layer_sqnr(ref: onnx.ModelProto, cand: onnx.ModelProto, data: Dataset, samples: int = 64,
                batch_size: int = 16, provider: str = "cpu",
-               pairs: Optional[dict[str, tuple[str, str]]] = None) -> list[dict[str, Any]]:
-    """`pairs`: ref tensor -> (cand tensor, op), default shared_tensors(ref, cand)."""
+               pairs: Optional[dict[str, tuple[str, str]]] = None, memory_budget=None) -> list[dict[str, Any]]:
+    """`pairs`: ref tensor -> (cand tensor, op), default shared_tensors(ref, cand). The tensor pairs are read
+    in passes and batches sized to the memory budget (evaluate.budget; `memory_budget`, else the data's);
+    sums are float64 per sample, added in sample order: the numbers do not depend on the budget."""
     pairs = shared_tensors(ref, cand) if pairs is None else pairs
     if not pairs:
         return []
     rnames = list(pairs)
     cnames = [pairs[n][0] for n in rnames]
-    rs = make_session(with_outputs(ref, rnames), provider, optimize=False)
-    cs = make_session(with_outputs(cand, cnames), provider, optimize=True)
     noise = np.zeros(len(rnames))
     signal = np.zeros(len(rnames))
-    for feed in feeds(data, batch_size, samples, ref):
-        for i, (r, c) in enumerate(zip(run_feed(rs, rnames, feed), run_feed(cs, cnames, feed))):
-            r64, c64 = r.astype(np.float64), c.astype(np.float64)
-            noise[i] += float(np.sum((r64 - c64) ** 2))
-            signal[i] += float(np.sum(r64 ** 2))
+    for p, _feed, (rs, cs) in read_tensors([ref, cand], [rnames, cnames], data, batch_size, samples, memory_budget,
+                                           optimize=(False, True), provider=provider):
+        for i, r, c in zip(p.units, rs, cs):
+            rows = r.shape[0] if r.ndim else 1
+            r2, c2 = r.reshape(rows, -1), c.reshape(rows, -1)
+            for k in range(rows):  # one sample at a time: float64 temporaries of one sample, not of the batch
+                r64 = r2[k].astype(np.float64)
+                d = r64 - c2[k].astype(np.float64)
+                noise[i] += float(np.sum(d * d))
+                signal[i] += float(np.sum(r64 * r64))
     rows = []
     for i, name in enumerate(rnames):
         db: Optional[float]

@@ -16,6 +16,7 @@ import onnx
 from ..config import TaskConfig, ValidateConfig
 from ..data import Dataset
 from .gates import evaluate_comparison, validation_gates
+from .budget import run_batch
 from .runner import make_session
 from .validate import compare_sessions
 
@@ -32,7 +33,8 @@ def against_reference(model: onnx.ModelProto, candidate: onnx.ModelProto, data: 
         return None
     limit = samples or (len(data) if held_out else CALIBRATION_SAMPLES)
     part = data.take(min(limit, len(data)))
-    result = compare_sessions(make_session(model), make_session(candidate), part, task=task)
+    batch = run_batch(model, part, 64)  # the model's working set x batch within the data's memory budget
+    result = compare_sessions(make_session(model), make_session(candidate), part, batch, task=task)
     info = result.get("task") or {}
     verdict = evaluate_comparison(result, validation_gates(ValidateConfig(gates=tuple(gates)), info))  # as validate
     return {"samples": result.get("samples", len(part)),

@@ -15,6 +15,7 @@ from ..data import Dataset, example_feed, input_specs, load_data, model_layout, 
 from ..errors import InputError
 from ..io import load_model, model_size
 from .bench import time_sessions
+from .budget import run_batch
 from .compare import compare_batches
 from .gates import AccuracyResult, evaluate_comparison, validation_gates
 from .runner import iter_outputs, make_session
@@ -47,9 +48,11 @@ def compare_sessions(ref: ort.InferenceSession, cand: ort.InferenceSession, data
 
 def validate(ref: str | Path, cand: str | Path, data: Optional[str | Path], config: ValidateConfig = ValidateConfig(),
              provider: str = "cpu", layers: bool = False, progress: Progress = None,
-             input_layout: tuple[str, ...] = ()) -> dict[str, Any]:
+             input_layout: tuple[str, ...] = (), memory_budget=None) -> dict[str, Any]:
     """Run both models on the same data, compare, and apply the gates in `config`. `input_layout`:
-    DataConfig.input_layout items (batch axes, const inputs) the shapes do not settle. The verdict is in
+    DataConfig.input_layout items (batch axes, const inputs) the shapes do not settle. `memory_budget`
+    (bytes or '512M'; else the data's DataConfig.memory_budget, else the default) caps the batch of the runs
+    and sizes the per-layer passes (evaluate.budget). The verdict is in
     `verdict` / `passed` / `gates` (AccuracyResult.from_dict(result) gives the object)."""
     config.validate()
     ref_model, cand_model = load_model(ref), load_model(cand)
@@ -68,7 +71,8 @@ def validate(ref: str | Path, cand: str | Path, data: Optional[str | Path], conf
     rs, cs = make_session(ref, provider), make_session(cand, provider)
     result: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "reference": str(ref), "candidate": str(cand),
                               "data": str(data) if data else "random", "provider": provider}
-    result.update(compare_sessions(rs, cs, ds, config.batch_size, config.max_samples, progress,
+    batch = run_batch(ref_model, ds, config.batch_size, memory_budget)  # the model's working set x batch within the budget
+    result.update(compare_sessions(rs, cs, ds, batch, config.max_samples, progress,
                                    task=config.task, user_metric=config.metric))
     result.update({"reference_size": model_size(ref), "candidate_size": model_size(cand)})
     result["size_ratio"] = result["candidate_size"] / result["reference_size"]
@@ -77,7 +81,8 @@ def validate(ref: str | Path, cand: str | Path, data: Optional[str | Path], conf
     if layers:
         from .layers import layer_sqnr
 
-        result["layers"] = layer_sqnr(ref_model, cand_model, ds, samples=config.layer_samples, provider=provider)
+        result["layers"] = layer_sqnr(ref_model, cand_model, ds, samples=config.layer_samples, provider=provider,
+                                      memory_budget=memory_budget)
     gates = validation_gates(config, result["task"], real_data=data is not None)
     verdict = evaluate_comparison({**result, "size_bytes": result["candidate_size"]}, gates)
     result.update(verdict.to_dict())

@@ -16,8 +16,9 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from ..data import Dataset, feeds
-from ..evaluate.runner import make_session, run_feed, with_outputs
+from ..data import Dataset
+from ..evaluate.budget import read_tensors
+from ..evaluate.runner import with_outputs  # noqa: F401 - tests build instrumented copies through this module
 from ..passes.base import PassRecord
 from .equalize import Graph, attr, copy_model, name_of
 
@@ -172,14 +173,16 @@ def _measure(fp32: onnx.ModelProto, qdq: onnx.ModelProto, group: list[Target], d
     """Per target: array [2 folds, 3 (count, sum e, sum e^2), channels] of e = fp32 - qdq, in float64."""
     # ORT's optimizations on: upstream layers run the int8 kernels they will run when deployed (an output
     # we read keeps its own layer unfused, so we see its float result), and it is 2-4x faster
-    fs = make_session(with_outputs(fp32, [t.ref for t in group]))
-    qs = make_session(with_outputs(qdq, [t.out for t in group]))
+    # read in passes and batches sized to the data's memory budget (evaluate.budget)
     acc: list[Optional[np.ndarray]] = [None] * len(group)
-    seen = 0
-    for b, feed in enumerate(feeds(data, batch_size, samples, fp32)):
+    seen = b = 0
+    current = None
+    for p, feed, (ref, got) in read_tensors([fp32, qdq], [[t.ref for t in group], [t.out for t in group]], data,
+                                            batch_size, samples, optimize=True):
+        seen, b = (seen, b + 1) if p is current else (0, 0)  # each pass reads the samples from the start
+        current = p
         n = feed.samples
-        ref, got = run_feed(fs, [t.ref for t in group], feed), run_feed(qs, [t.out for t in group], feed)
-        for i, (t, r, q) in enumerate(zip(group, ref, got)):
+        for i, t, r, q in ((i, group[i], r, q) for i, r, q in zip(p.units, ref, got)):
             e = np.moveaxis(r.astype(np.float64) - q.astype(np.float64), t.axis, -1)
             fold = (seen + np.arange(n)) % 2 if e.shape[0] == n else np.full(e.shape[0], b % 2)
             if acc[i] is None:

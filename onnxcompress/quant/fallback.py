@@ -23,6 +23,7 @@ from ..config import TaskConfig
 from ..data import Dataset
 from ..errors import InputError
 from ..evaluate.tasks import TaskRun, points
+from ..evaluate.budget import run_batch
 from ..evaluate.runner import iter_outputs, make_session
 from ..passes.base import PassRecord
 from .qdq import Prepared, prepare, quantize_prepared
@@ -65,7 +66,7 @@ class Evaluator:
     def __init__(self, reference: onnx.ModelProto, data: Dataset, budget: Budget, samples: int = 1000,
                  batch_size: int = 64, task: Optional[TaskConfig] = None):
         self.data = data.take(min(samples, len(data)))
-        self.batch_size = batch_size
+        self.batch_size = run_batch(reference, self.data, batch_size)  # within the data's memory budget
         self.task_config = task or budget.task
         self.why = ""
         labels = self.data.labels is not None

@@ -16,9 +16,9 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from ..data import Dataset, feeds
+from ..data import Dataset
+from ..evaluate.budget import read_tensors
 from ..errors import ConfigError
-from ..evaluate.runner import make_session, run_feed, with_outputs
 from ..passes.base import PassRecord
 from .equalize import FLOATS, Graph, Layer, as_layer, attr, copy_model, name_of, scale_out
 
@@ -141,11 +141,11 @@ def find_groups(g: Graph) -> tuple[list[Group], list[tuple[str, str]]]:
 
 def activation_max(model: onnx.ModelProto, tensors: list[str], data: Dataset, samples: int,
                    batch_size: int) -> dict[str, np.ndarray]:
-    """max |x| per last-axis channel, streamed over batches of an instrumented copy."""
-    sess = make_session(with_outputs(model, tensors), optimize=False)
+    """max |x| per last-axis channel, streamed over batches of an instrumented copy (passes and batches sized
+    to the data's memory budget: evaluate.budget)."""
     out: dict[str, np.ndarray] = {}
-    for feed in feeds(data, batch_size, samples, model):
-        for name, v in zip(tensors, run_feed(sess, tensors, feed)):
+    for p, _feed, (values,) in read_tensors([model], [tensors], data, batch_size, samples):
+        for name, v in zip((tensors[i] for i in p.units), values):
             m = np.abs(v.reshape(-1, v.shape[-1])).max(axis=0).astype(np.float64)
             out[name] = np.maximum(out[name], m) if name in out else m
     return out

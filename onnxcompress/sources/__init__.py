@@ -104,7 +104,8 @@ def open_source(path, specs, config: Optional[DataConfig] = None, model=None):
     if len(order) == 0:
         raise InputError(f"data source {path} holds zero usable samples{f' ({len(skipped)} unreadable)' if skipped else ''}; "
                          f"provide at least one readable sample")
-    ds = StreamDataset(source, order, config.workers, config.prefetch, tuple(skipped), layout, consts)
+    ds = StreamDataset(source, order, config.workers, config.prefetch, tuple(skipped), layout, consts,
+                       config.memory_budget_bytes())
     check_batch(next(ds.take(1).batches(1)), canonical, source.description)
     return ds
 

@@ -10,6 +10,7 @@ def open_arrays(path, specs, config, model=None):
     from ..data import Dataset, load_data
 
     ds = load_data(path, specs)  # specs: the model's data.Layout
+    ds.memory_budget = config.memory_budget_bytes()
     if config.samples is None or config.samples >= len(ds):
         return ds
     rows = np.sort(np.random.default_rng(config.seed or 0).choice(len(ds), config.samples, replace=False))
@@ -22,4 +23,4 @@ def open_arrays(path, specs, config, model=None):
             chunks.append({k: v if k in lay.consts else v[pick] for k, v in c.items()})
         start += n
     labels = None if ds.labels is None else ds.labels[rows]
-    return Dataset(chunks, labels, ds.source, ds.layout)
+    return Dataset(chunks, labels, ds.source, ds.layout, ds.memory_budget)

@@ -36,7 +36,8 @@ class StreamDataset:
     """The `data.Dataset` interface (batches, take, labels, len) over a streamed source."""
 
     def __init__(self, source: Source, order: np.ndarray, workers: int = 2, prefetch: int = 2,
-                 skipped: tuple[str, ...] = (), layout=None, consts: Optional[dict[str, np.ndarray]] = None):
+                 skipped: tuple[str, ...] = (), layout=None, consts: Optional[dict[str, np.ndarray]] = None,
+                 memory_budget: Optional[int] = None):
         self._source = source
         self.layout = layout  # data.Layout of the model the source was checked against (feeds() reads it)
         self.consts = consts or {}  # const inputs (--input-layout name:const=VALUE), added to every batch
@@ -45,6 +46,7 @@ class StreamDataset:
         self.prefetch = max(1, prefetch)
         self.skipped = skipped  # files left out by --skip-bad
         self.source = source.description
+        self.memory_budget = memory_budget  # bytes for intermediate tensors (DataConfig.memory_budget; evaluate.budget)
 
     def __len__(self) -> int:
         return len(self.order)
@@ -63,7 +65,7 @@ class StreamDataset:
 
     def take(self, limit: int) -> "StreamDataset":
         return StreamDataset(self._source, self.order[:limit], self.workers, self.prefetch, self.skipped, self.layout,
-                             self.consts)
+                             self.consts, self.memory_budget)
 
     def _read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         return {**self._source.read(indices), **self.consts}
