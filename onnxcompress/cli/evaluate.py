@@ -145,6 +145,7 @@ def validate_cmd(ctx, reference, candidate, data, layers, provider, as_json, inp
 
     explicit_drop = ctx.get_parameter_source("max_drop") == ParameterSource.COMMANDLINE and opts["max_drop"] is not None
     cfg = validate_config(**opts, require_labels=explicit_drop)
+    budget = build_data_config(**data_flags).memory_budget_bytes()
     if data:  # images, text, audio: opened here with the data flags (arrays: loaded by validate, as before)
         from ..data import model_layout
         from ..io import load_model
@@ -154,7 +155,7 @@ def validate_cmd(ctx, reference, candidate, data, layers, provider, as_json, inp
                         None if as_json else (lambda msg: click.echo(msg, err=True)))
     with Progress(not as_json) as bar:
         res = validate(reference, candidate, data, cfg, provider=provider, layers=layers, progress=bar,
-                       input_layout=layout_items(input_layout))
+                       input_layout=layout_items(input_layout), memory_budget=budget)
     emit(as_json, res, "\n".join(summary_lines(res)))
     exit_on_gates(AccuracyResult.from_dict(res))
 
