@@ -12,6 +12,7 @@ from ..config import TASKS, BenchConfig, TaskConfig, ValidateConfig
 from ..evaluate.gates import AccuracyResult
 from .common import csv_ints, emit, handle_errors, input_layout_option, json_option, layout_items
 from .dataopts import build_data_config, data_arg, data_options, open_data
+from .target import bench_platform, platform_option, validate_platform
 
 
 class ByteSize(click.ParamType):
@@ -131,6 +132,9 @@ def _gate_options(fn):
               "image folder (class subfolders = labels), text or WAV files; random inputs if omitted.")
 @click.option("--layers", is_flag=True, help="Also report per-layer SQNR of CANDIDATE against REFERENCE (worst first).")
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider to run both models on (cpu, openvino, ...).")
+@platform_option
+@click.option("--samples", type=int, default=100, show_default=True,
+              help="With --platform: samples run on the host and under emulation (a subset: emulation is slow).")
 @_gate_options
 @task_options
 @input_layout_option
@@ -138,7 +142,8 @@ def _gate_options(fn):
 @json_option
 @click.pass_context
 @handle_errors
-def validate_cmd(ctx, reference, candidate, data, layers, provider, as_json, input_layout, data_flags, **opts):
+def validate_cmd(ctx, reference, candidate, data, layers, provider, as_json, input_layout, data_flags, platform_spec,
+                 samples, **opts):
     """Compare CANDIDATE against REFERENCE with the task's metrics; exit 1 with one line per failed gate.
     --json: docs/validate-schema.json."""
     from ..evaluate.validate import summary_lines, validate
@@ -153,6 +158,9 @@ def validate_cmd(ctx, reference, candidate, data, layers, provider, as_json, inp
         ref = load_model(reference)
         data = data_arg(data, model_layout(ref, layout_items(input_layout)), build_data_config(**data_flags), ref,
                         None if as_json else (lambda msg: click.echo(msg, err=True)))
+    if platform_spec:  # the emulated target (cli/target.py): host vs target, its gates, fusion on both
+        return validate_platform(platform_spec, reference, candidate, data, cfg, samples, as_json,
+                                 layout_items(input_layout))
     with Progress(not as_json) as bar:
         res = validate(reference, candidate, data, cfg, provider=provider, layers=layers, progress=bar,
                        input_layout=layout_items(input_layout), memory_budget=budget)
@@ -170,11 +178,13 @@ def validate_cmd(ctx, reference, candidate, data, layers, provider, as_json, inp
 @click.option("--warmup", type=int, default=BenchConfig.warmup, show_default=True)
 @click.option("--time-budget", type=float, help="Seconds per setting instead of a run count.")
 @click.option("--memory/--no-memory", default=True, show_default=True, help="Peak memory per model and provider (a fresh process each).")
+@platform_option
 @input_layout_option
 @data_options
 @json_option
 @handle_errors
-def bench_cmd(models, data, providers, threads, batch, runs, warmup, time_budget, memory, as_json, input_layout, data_flags):
+def bench_cmd(models, data, providers, threads, batch, runs, warmup, time_budget, memory, as_json, input_layout, data_flags,
+              platform_spec):
     """Time MODELS side by side (interleaved); the first model and the first provider are the baselines for ratios."""
     from ..data import load_data, model_layout
     from ..evaluate.bench import bench_models, bench_table
@@ -191,6 +201,11 @@ def bench_cmd(models, data, providers, threads, batch, runs, warmup, time_budget
     layout = model_layout(first, items)  # checked against the model and the data, before any work
     ds = open_data(data, layout, build_data_config(**data_flags), first,
                    None if as_json else (lambda msg: click.echo(msg, err=True))) if data else None
+    if platform_spec:  # emulated: each model runs once there, no timings (emulated speed is not device speed)
+        from ..data import example_feed, random_data
+
+        return bench_platform(platform_spec, models, example_feed(ds if ds is not None else random_data(layout, 1), 1, first),
+                              as_json)
     with Progress(not as_json) as bar:
         result = bench_models(paths, ds, cfg, memory=memory, progress=bar, input_layout=items)
     emit(as_json, result, bench_table(result))

@@ -7,6 +7,7 @@ import click
 
 from .common import emit, handle_errors, input_layout_option, json_option, layout_items
 from .quant import fusion_line
+from .target import inspect_platform, platform_option
 
 input_shape_option = click.option(
     "--input-shape", "input_shape", multiple=True, metavar="NAME:DIMS",
@@ -35,10 +36,11 @@ def _macs(r: dict) -> str:
 @click.option("--data", "-d", type=click.Path(), help="Data (.npz named after the inputs, or any source `quantize -c` "
               "takes): MACs come from the shapes one sample gives (needed when spatial/sequence dims are dynamic).")
 @input_shape_option
+@platform_option
 @input_layout_option
 @json_option
 @handle_errors
-def inspect_cmd(model, provider, data, input_shape, input_layout, as_json):
+def inspect_cmd(model, provider, data, input_shape, input_layout, as_json, platform_spec):
     """Print ops, parameters, MACs and (for quantized models) the int8 fusion audit of MODEL.
 
     MACs are per sample. With dynamic spatial or sequence dims they need the real shapes: give --data or
@@ -61,6 +63,11 @@ def inspect_cmd(model, provider, data, input_shape, input_layout, as_json):
     st["inputs"] = [{"name": s.name, "shape": [d if d else "?" for d in s.shape], "dtype": str(s.dtype)} for s in input_specs(m)]
     st["outputs"] = [o.name for o in m.graph.output]
     st["fusion"] = audit(m, provider, feed, shapes)
+    if platform_spec:  # the graph ORT optimizes on the emulated target, audited like the host's
+        from ..platform.check import host_name
+
+        st["fusion"]["platform"] = host_name()
+        st["fusion_target"] = inspect_platform(platform_spec, m, feed, shapes, as_json)
     macs = (f"{st['macs']:,} MACs per sample" + (f" (shapes from {st['shapes_from']})" if st.get("shapes_from") in
                                                   ("data", "input shapes") else "")
             if st["macs"] is not None else "MACs not counted")
@@ -79,12 +86,16 @@ def inspect_cmd(model, provider, data, input_shape, input_layout, as_json):
                      + ", ".join(st["macs_unknown_nodes"][:5]) + (", ..." if len(st["macs_unknown_nodes"]) > 5 else ""))
     f = st["fusion"]
     if f.get("available"):
-        lines.append(f"{provider}: " + fusion_line(f))
+        lines.append(f"{provider}{' on ' + f['platform'] if f.get('platform') else ''}: " + fusion_line(f))
         lines += [f"  float island: {r['node']} ({r['op']} -> {r['kernel']}, {_macs(r)})" for r in f["float_islands"][:20]]
         if f["kept_fp32"]:
             known = [r["macs"] for r in f["kept_fp32"] if r["macs"] is not None]
             lines.append(f"  kept in FP32 (no Q/DQ): {len(f['kept_fp32'])} nodes"
                          + (f", {sum(known):,} MACs" if len(known) == len(f["kept_fp32"]) else ""))
+    t = st.get("fusion_target")
+    if t and t.get("available"):
+        lines.append(f"{t['platform']}: " + fusion_line(t))
+        lines += [f"  float island: {r['node']} ({r['op']} -> {r['kernel']}, {_macs(r)})" for r in t["float_islands"][:20]]
     emit(as_json, st, "\n".join(lines))
 
 

@@ -83,8 +83,13 @@ def _summary(out, rec: dict) -> str:
         text += f"\nper region: {st['op_types']['why']}"
     fusion = st.get("fusion", {})
     if fusion:
-        text += "\n" + fusion_line(fusion)
+        host = st.get("fusion_host")
+        if host:  # --target arm on another CPU: the target's audit (emulated) next to this host's
+            text += f"\non {host['platform']}: " + fusion_line(host)
+        text += "\n" + (f"on {fusion['platform']}: " if fusion.get("platform") else "") + fusion_line(fusion)
         text += "".join(f"\n  float island: {f}" for f in fusion["float_islands"])
+        if st.get("target_audit", {}).get("available"):
+            text += f"\ntarget: {st['target_audit']['why']}"
     fb = st.get("fallback")
     if fb:
         text += (f"\nfallback: {fb['metric']} drop {fb['drop']:.3f} (budget {fb['budget']:.3f}, "
@@ -153,6 +158,9 @@ def quantize_cmd(model, output, calibration, validation, require_fusion, as_json
     from .evaluate import _task_config
 
     cfg = dataclasses.replace(_quant_config(**qopts), task=_task_config(task, task_output, task_params))
+    from ..platform.tune import cross_target_config, fuse_on_target
+
+    cfg, cross_note = cross_target_config(cfg)  # --target arm on x86: host timings say nothing about the target
     out = check_output_path(output, model, calibration, validation)
     m = load_model(model)
     specs = model_layout(m, layout_items(input_layout))  # checked against the model and the data, before any work
@@ -170,6 +178,17 @@ def quantize_cmd(model, output, calibration, validation, require_fusion, as_json
     feeds = feeds_from(val if val is not None else data, m)
     q, rec = quantize_model(m, data, val, cfg, progress=say, input_layout=specs.explicit, on_best=lambda model_, rec_: save_verified(
         model_, out, pass_name="quantize", reference=m, feeds=feeds, record=rec_))
+    from ..data import example_feed
+
+    # the fusion audit of the emulated target (platform/tune.py), and the activation type that fuses there
+    some = val if val is not None else data
+    q, rec, changed = fuse_on_target(q, rec, lambda c: quantize_model(m, data, val, c, progress=say,
+                                                                      input_layout=specs.explicit), cfg,
+                                     feed=example_feed(some, 1, m) if some is not None else None, progress=say)
+    if changed:
+        save_verified(q, out, pass_name="quantize", reference=m, feeds=feeds, record=rec)
+    if cross_note:
+        rec.stats.setdefault("notes", []).append(cross_note)
     d = rec.to_dict()
     emit(as_json, d, _summary(out, d))
     # the gates live in the library evaluator (evaluate.gates), like validate's and convert's

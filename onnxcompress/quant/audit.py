@@ -26,20 +26,21 @@ def _is_quantized(model: onnx.ModelProto) -> bool:
 
 
 def audit(model: onnx.ModelProto, provider: str = "cpu", feed: Optional[dict] = None,
-          input_shapes: Optional[dict] = None) -> dict[str, Any]:
+          input_shapes: Optional[dict] = None, optimized: Optional[onnx.ModelProto] = None) -> dict[str, Any]:
     """Per compute node: MACs and the kernel ORT runs it with; the int8 share of MACs. MACs come from the
     shapes measured on `feed` (one sample of the data) or `input_shapes` (stats.model_shapes); when dynamic
     spatial/sequence dims leave them unknown, node MACs are None and the shares count nodes instead
     (`share_basis` says which, `macs_note` what is needed)."""
     shapes, macs_note = shapes_or_none(model, feed, input_shapes)
     macs = node_macs(model, shapes)[0] if shapes is not None else None
-    with tempfile.TemporaryDirectory(prefix="onnxcompress-audit-") as d:
-        opt_path = str(Path(d) / "optimized.onnx")
-        make_session(model, provider, threads=1, optimize=True, optimized_path=opt_path)
-        if not Path(opt_path).exists():
-            return {"provider": provider, "available": False,
-                    "reason": f"the {provider} execution provider compiles the graph and does not expose kernels"}
-        optimized = onnx.load(opt_path)
+    if optimized is None:  # given: the graph ORT optimized elsewhere (an emulated target, onnxcompress.platform)
+        with tempfile.TemporaryDirectory(prefix="onnxcompress-audit-") as d:
+            opt_path = str(Path(d) / "optimized.onnx")
+            make_session(model, provider, threads=1, optimize=True, optimized_path=opt_path)
+            if not Path(opt_path).exists():
+                return {"provider": provider, "available": False,
+                        "reason": f"the {provider} execution provider compiles the graph and does not expose kernels"}
+            optimized = onnx.load(opt_path)
     opt_nodes = [(n.name, n.op_type) for n in optimized.graph.node]
     used: set[int] = set()
 
