@@ -1,8 +1,10 @@
 """ONNX Runtime sessions per execution provider, and running a dataset through them."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import onnx
@@ -67,6 +69,27 @@ def _provider_entry(full: str, threads: Optional[int]):
     return full
 
 
+# The intra-op thread budget of sessions that do not set their own: a sweep job gets the CPUs given to its
+# worker (onnxcompress.sweep), so N jobs side by side do not each start one thread per core. A context
+# variable, set only inside `session_threads(n)`, rather than a module setting that would outlive the job.
+_THREADS: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("onnxcompress_session_threads", default=None)
+
+
+@contextlib.contextmanager
+def session_threads(threads: Optional[int]) -> Iterator[None]:
+    """Sessions opened inside (make_session without `threads`) get `threads` intra-op threads."""
+    token = _THREADS.set(threads)
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
+
+
+def default_threads() -> Optional[int]:
+    """The budget of `session_threads` in force here, None outside (ORT's default: one per core)."""
+    return _THREADS.get()
+
+
 def make_session(model: ModelLike, provider: str = "cpu", threads: Optional[int] = None,
                  optimize: bool = True, optimized_path: Optional[str] = None,
                  spinning: bool = True, quiet: bool = False) -> ort.InferenceSession:
@@ -79,6 +102,7 @@ def make_session(model: ModelLike, provider: str = "cpu", threads: Optional[int]
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
+    threads = threads or _THREADS.get()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
