@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import evaluate, export, inspect, prune, quant, stages, target, train
+from . import evaluate, export, inspect, prune, quant, stages, sweep, target, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,6 +13,6 @@ def main() -> None:
     """Turn a trained model into a small, fast, verified ONNX model."""
 
 
-for _module in (export, stages, prune, quant, inspect, evaluate, train, target):
+for _module in (export, stages, prune, quant, inspect, evaluate, train, target, sweep):
     for _cmd in _module.COMMANDS:
         main.add_command(_cmd)

@@ -173,6 +173,11 @@ def _publish(spec: JobSpec, staging: Path, record: dict) -> dict:
     return record
 
 
+def _remove_staging(spec: JobSpec) -> None:
+    for old in Path(spec.jobs_dir).glob(f".{spec.id}.staging-*"):  # left by an attempt that was killed
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _staging(spec: JobSpec, attempt: int) -> Path:
     p = Path(spec.jobs_dir) / f".{spec.id}.staging-{attempt}-{os.getpid()}"
     shutil.rmtree(p, ignore_errors=True)
@@ -194,8 +199,7 @@ def run_job(spec: JobSpec, cpus: int = 1, fault: Fault = None) -> dict[str, Any]
     done = read_record(spec.folder)
     if done is not None:
         return done
-    for old in Path(spec.jobs_dir).glob(f".{spec.id}.staging-*"):  # left by an attempt that was killed
-        shutil.rmtree(old, ignore_errors=True)
+    _remove_staging(spec)
     attempt = _begin_attempt(spec, cpus)
     staging = _staging(spec, attempt)
     t0 = time.perf_counter()
@@ -241,6 +245,7 @@ def record_failure(spec: JobSpec, error: str, exit_code: int = InternalError.exi
     done = read_record(spec.folder)
     if done is not None:
         return done
+    _remove_staging(spec)
     staging = _staging(spec, count_attempts(spec))
     return _publish(spec, staging, _record(spec, "failed", error=error, error_type=error_type, exit_code=exit_code,
                                            seconds=None, worker=None))
