@@ -47,9 +47,10 @@ def _how(code: Optional[int]) -> str:
     return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
 
 
-def died_message(how: str, attempts: int) -> str:
-    return (f"the worker running this job died on all {attempts} attempts (last: {how}); if it was killed (signal 9: "
-            f"often the OOM killer), give each worker more memory or run fewer workers, then re-run with --retry-failed")
+def died_message(attempts: int) -> str:
+    """The same line on every backend (how the worker died is the record's `detail`)."""
+    return (f"the worker running this job died on all {attempts} attempts; if it was killed (often the OOM killer), "
+            f"give each worker more memory or run fewer workers, then re-run with --retry-failed")
 
 
 def _worker_main(conn, cpus: int, fault: Fault) -> None:
@@ -145,7 +146,7 @@ class LocalPool:
                 events.append(Event("retried", job, message=f"worker died ({_how(code)}); job resubmitted, "
                                                                f"attempt {self.tries[job.id]} of {self.max_attempts}"))
             else:
-                events.append(Event("finished", job, record_failure(job, died_message(_how(code), self.tries[job.id]))))
+                events.append(Event("finished", job, record_failure(job, died_message(self.tries[job.id]), detail=_how(code))))
         return events
 
     def close(self, abort: bool = False) -> None:

@@ -240,7 +240,7 @@ def run_job(spec: JobSpec, cpus: int = 1, fault: Fault = None) -> dict[str, Any]
 
 
 def record_failure(spec: JobSpec, error: str, exit_code: int = InternalError.exit_code,
-                   error_type: str = "WorkerDied") -> dict[str, Any]:
+                   error_type: str = "WorkerDied", detail: Optional[str] = None) -> dict[str, Any]:
     """Record a job that could not run (its worker died on every attempt), written like any finished job."""
     done = read_record(spec.folder)
     if done is not None:
@@ -248,4 +248,4 @@ def record_failure(spec: JobSpec, error: str, exit_code: int = InternalError.exi
     _remove_staging(spec)
     staging = _staging(spec, count_attempts(spec))
     return _publish(spec, staging, _record(spec, "failed", error=error, error_type=error_type, exit_code=exit_code,
-                                           seconds=None, worker=None))
+                                           detail=detail, seconds=None, worker=None))

@@ -77,7 +77,7 @@ class RayBackend:
             try:
                 record = ray.get(ref)
             except ray.exceptions.WorkerCrashedError:  # Ray's retries are spent too
-                record = record_failure(job, died_message("the Ray worker crashed", MAX_ATTEMPTS))
+                record = record_failure(job, died_message(MAX_ATTEMPTS), detail="Ray: WorkerCrashedError")
             except ray.exceptions.RayError as exc:  # node lost, task cancelled: recorded like any failed job
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 record = record_failure(job, f"Ray could not run the job: {type(exc).__name__}: {first}",
