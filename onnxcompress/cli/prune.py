@@ -185,6 +185,7 @@ def summary(out, rec: dict, verbose: bool = False) -> str:
                      + ("" if s.get("reached") is None else f", reached {s['reached']:.3f}x")
                      + ("" if pd is None or pd != pd else f"; output damage ({kind}) predicted {pd:.4g}")
                      + ("" if dm is None else f", measured {dm:.4g} on calibration data before refit"))
+        lines += [f"warning: {r}" for t, r in skipped if t == "target"]
         if verbose:
             lines += [f"  {k}: {v['width_before']} -> {v['width_after']}" for k, v in s.get("layers", {}).items()
                       if v["width_after"] != v["width_before"]]
@@ -203,7 +204,8 @@ def summary(out, rec: dict, verbose: bool = False) -> str:
         lines += [f"  not refit: {n} x {r}" for r, n in by.most_common()]
     if verbose:
         lines += [f"  not refit {t}: {r}" for t, r in not_refit]
-        lines += [f"  kept {t}: {r}" for t, r in skipped if not r.startswith("reconstruct:") and "channel pruning failed" not in r]
+        lines += [f"  kept {t}: {r}" for t, r in skipped
+                  if not r.startswith("reconstruct:") and "channel pruning failed" not in r and t != "target"]
     elif kept or not_refit:
         lines.append("(--verbose lists every node)")
     return "\n".join(lines)

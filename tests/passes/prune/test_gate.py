@@ -80,3 +80,19 @@ def test_max_drop_needs_validation_data(tmp_path):
     r = CliRunner().invoke(main, ["prune", str(mp), "-o", str(tmp_path / "p.onnx"), "--target-macs", "0.7",
                                   "--max-drop", "1", "-c", str(dp)])
     assert r.exit_code == 2 and "--max-drop searches against validation data; pass -v VAL" in r.output
+
+
+def test_without_validation_the_measured_damage_is_printed_and_an_unreachable_target_warns(tmp_path):
+    mp, dp, _ = _files(tmp_path, dead_half_model(), (4, 6, 6), n=16)
+    r = CliRunner().invoke(main, ["prune", str(mp), "-o", str(tmp_path / "p.onnx"), "--target-macs", "0.7", "-c", str(dp),
+                                  "--align", "4", "--min-channels", "4"])
+    assert r.exit_code == 0, r.output
+    assert ("allocation sensitivity (l2) to 0.70x macs, reached 0.600x; output damage (auto) predicted 0, measured 0 "
+            "on calibration data before refit") in r.stdout
+    assert "quality on 16 calibration samples (classification vs the input model): agreement 100" in r.stdout
+    r = CliRunner().invoke(main, ["prune", str(mp), "-o", str(tmp_path / "q.onnx"), "--target-macs", "0.05", "-c", str(dp),
+                                  "--align", "4", "--min-channels", "4"])
+    assert r.exit_code == 0, r.output
+    assert "warning: kept 0.150x macs, above the target 0.050x" in r.stdout  # 0.75 of each layer at most
+    r = CliRunner().invoke(main, ["prune", str(mp), "-o", str(tmp_path / "s.onnx"), "--ratio", "0.5", "--score", "activation"])
+    assert r.exit_code == 2 and "--criterion activation scores channels by their activations; pass calibration data" in r.output
