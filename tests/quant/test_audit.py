@@ -1,4 +1,5 @@
 import numpy as np
+import onnx
 from click.testing import CliRunner
 
 from conftest import make_data, run_ort, tiny_cnn
@@ -32,22 +33,20 @@ def test_unquantized_convs_are_kept_fp32_not_islands_weighted_by_macs():
 
 
 def test_excluded_node_runs_in_fp32():
-    """ORT's nodes_to_exclude leaves the excluded Conv's input as Q->DQ, and ORT then re-quantizes the
-    float-weight Conv into QLinearConv at run time. We feed it the float tensor: it really runs in FP32."""
+    """ORT's nodes_to_exclude keeps only the excluded Conv's weights float. Its input comes from an int8 Conv, which
+    ORT fuses into QLinearConv only with its QuantizeLinear: the excluded Conv reads that DequantizeLinear (conv1
+    stays int8, no float island) and runs in FP32 with its float weights."""
     q = _q(exclude=("conv2",))
     conv2 = next(n for n in q.graph.node if n.name == "conv2")
     prod = {o: n.op_type for n in q.graph.node for o in n.output}
-    assert prod[conv2.input[0]] == "Relu"  # float activation (ORT folded relu1 into the range; restored), no DQ
+    assert prod[conv2.input[0]] == "DequantizeLinear" and conv2.input[1] in {i.name for i in q.graph.initializer}
     a = audit(q)
     kernels = {r["node"]: r["kernel"] for r in a["nodes"]}
-    assert kernels["conv2"] not in INT8_KERNELS and kernels["fc"] == "QGemm"
-    # conv1's only consumer is now float, so its output is no longer quantized: ORT runs it in float
-    # too (with int8-rounded weights); the audit reports that honestly
-    assert kernels["conv1"] not in INT8_KERNELS and a["int8_mac_share"] < 0.5
+    assert kernels["conv2"] not in INT8_KERNELS and kernels["conv1"] == "QLinearConv" and kernels["fc"] == "QGemm"
     roles = {r["node"]: r["role"] for r in a["nodes"]}
-    assert roles == {"conv1": "island", "conv2": "fp32", "fc": "int8"}  # conv1 has Q/DQ but ORT runs it in float
+    assert roles == {"conv1": "int8", "conv2": "fp32", "fc": "int8"} and a["float_islands"] == []
     macs, _ = node_macs(tiny_cnn())
-    assert a["fused_share"] == macs["fc"] / (macs["fc"] + macs["conv1"])
+    assert a["fused_share"] == 1.0 and a["int8_mac_share"] == (macs["fc"] + macs["conv1"]) / sum(macs.values())
     x = make_data(16, seed=3)["input"]
     ref, got = run_ort(tiny_cnn(), {"input": x})[0], run_ort(q, {"input": x})[0]
     assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
@@ -71,8 +70,12 @@ def test_require_fusion_gate(tmp_path, tiny_model_path, tiny_data_path):
     ok = r.invoke(main, ["quantize", str(tiny_model_path), "-o", str(tmp_path / "a.onnx"), "-c", str(tiny_data_path),
                          "--require-fusion", "0.95", "--speed-check", "0"])
     assert ok.exit_code == 0, ok.output
-    bad = r.invoke(main, ["quantize", str(tiny_model_path), "-o", str(tmp_path / "b.onnx"), "-c", str(tiny_data_path),
-                          "--exclude", "conv2", "--require-fusion", "0.95", "--speed-check", "0"])
+    from test_speed import _island_data, island_net  # conv1's output is also a graph output: a float island
+
+    onnx.save(island_net(), tmp_path / "island.onnx")
+    np.savez(tmp_path / "island.npz", x=_island_data(16).chunks[0]["x"])
+    bad = r.invoke(main, ["quantize", str(tmp_path / "island.onnx"), "-o", str(tmp_path / "b.onnx"), "-c",
+                          str(tmp_path / "island.npz"), "--require-fusion", "0.95", "--speed-check", "0"])
     assert bad.exit_code == 1 and "fusion gate failed" in bad.stderr
     ins = r.invoke(main, ["inspect", str(tmp_path / "a.onnx"), "--json"])
     assert ins.exit_code == 0 and '"int8_mac_share": 1.0' in ins.stdout

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
@@ -14,22 +15,25 @@ from onnxcompress.cli.quant import _summary
 from onnxcompress.config import QuantConfig
 from onnxcompress.data import Dataset
 from onnxcompress.quant.audit import audit, slow_layers
-from onnxcompress.quant.search import conv_share, decide, quantize_model
+from onnxcompress.quant.search import candidate_sets, conv_share, decide, quantize_model
 
 
 def island_net(c=8):
-    """conv0 -> conv1 -> conv2, and conv1's output also feeds a Sigmoid kept FP32 (excluded): conv1's
-    output then has a float reader besides its QuantizeLinear, so ORT cannot fuse it into QLinearConv:
-    DQ -> float Conv -> Q, a float island, by construction."""
+    """conv0 -> conv1 -> conv2, and conv1's output is also divided by a computed tensor (exp(x)): a Div by a
+    computed tensor reads the float tensor (quantize's zero-sensitive rule), so conv1's output has a float reader
+    besides its QuantizeLinear and ORT cannot fuse conv1 into QLinearConv: DQ -> float Conv -> Q, a float
+    island, by construction. (Other float readers of an int8 Conv read its DequantizeLinear:
+    test_audit.test_excluded_node_runs_in_fp32.)"""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((c, c, 3, 3)).astype(np.float32) * 0.2, f"w{i}") for i in range(3)]
     nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
              helper.make_node("Conv", ["c0", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
              helper.make_node("Conv", ["c1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
-             helper.make_node("Sigmoid", ["c1"], ["s"], name="sig")]
+             helper.make_node("Exp", ["x"], ["e"], name="exp"),
+             helper.make_node("Div", ["c1", "e"], ["r"], name="div")]
     g = helper.make_graph(nodes, "island", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 8, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c, 8, 8]),
-                           helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", c, 8, 8])], inits)
+                           helper.make_tensor_value_info("r", TensorProto.FLOAT, ["N", c, 8, 8])], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -39,13 +43,47 @@ def _island_data(n=16):
     return Dataset([{"x": np.random.default_rng(0).standard_normal((n, 8, 8, 8)).astype(np.float32)}], None, "t")
 
 
-def test_slow_layers_finds_the_float_island():
+@pytest.fixture
+def fp32_is_slow(monkeypatch):
+    """The FP32 side of the per-layer comparison, injected: every FP32 layer takes a second, so no int8 layer is
+    'slower than FP32' and only islands / Q-DQ overhead are candidates (no timing in the assertions)."""
+    import onnxcompress.quant.audit as audit_mod
+
+    monkeypatch.setattr(audit_mod, "fp32_layer_times",
+                        lambda model, feed, runs=20: {n.name: 1e6 for n in model.graph.node if n.name})
+
+
+def test_slow_layers_finds_the_float_island(fp32_is_slow):
     from onnxcompress.quant.qdq import quantize
 
-    q, _ = quantize(island_net(), _island_data(), QuantConfig(mode="static", exclude=("sig",)))
+    q, _ = quantize(island_net(), _island_data(), QuantConfig(mode="static"))
     assert [r["node"] for r in audit(q)["float_islands"]] == ["conv1"]
-    slow = slow_layers(q, {"x": _island_data(1).chunks[0]["x"]})
+    slow = slow_layers(q, {"x": _island_data(1).chunks[0]["x"]}, reference=island_net())
     assert [r["node"] for r in slow] == ["conv1"] and "float island" in slow[0]["why"]
+
+
+def test_slow_layers_compares_int8_layers_with_their_fp32_layer(monkeypatch):
+    """Given FP32 layer times (injected), an int8 layer whose kernel + Q/DQ take longer is a candidate, with both
+    figures; the FP32 profile maps every conv of the model (NCHWc kernels are named after their output tensor)."""
+    import onnxcompress.quant.audit as audit_mod
+    from onnxcompress.quant.qdq import quantize
+
+    m = tiny_cnn(channels=16)
+    x = {"input": make_data(1)["input"]}
+    assert {"conv1", "conv2", "fc"} <= set(audit_mod.fp32_layer_times(m, x, runs=3))
+    q, _ = quantize(m, Dataset([{"input": make_data(32)["input"]}], None, "t"), QuantConfig(mode="static"))
+    monkeypatch.setattr(audit_mod, "fp32_layer_times", lambda model, feed, runs=20: {"conv2": 1e-3, "conv1": 1e6})
+    slow = slow_layers(q, x, reference=m)
+    assert [r["node"] for r in slow] == ["conv2"] and slow[0]["fp32_us"] == 0.0 and "the FP32 layer" in slow[0]["why"]
+
+
+def test_candidate_sets_try_all_then_the_worse_half():
+    rows = [{"node": "island", "why": "float island"}] + [
+        {"node": f"c{i}", "kernel_us": 10.0 + i, "qdq_us": 0.0, "fp32_us": 5.0} for i in range(4)]
+    sets = candidate_sets(rows)
+    assert [r["node"] for r in sets[0]] == ["island", "c0", "c1", "c2", "c3"]
+    assert [r["node"] for r in sets[1]] == ["island", "c3", "c2"]
+    assert candidate_sets(rows[:2]) == [rows[:2]]
 
 
 class Clock:
@@ -59,22 +97,23 @@ class Clock:
         return {k: self.ms[k] for k in models}
 
 
-def test_slower_int8_keeps_slow_layers_fp32_and_still_says_it_is_slower():
-    m, cfg = island_net(), QuantConfig(mode="static", exclude=("sig",))
+def test_slower_int8_keeps_slow_layers_fp32_and_still_says_it_is_slower(fp32_is_slow):
+    m, cfg = island_net(), QuantConfig(mode="static")
     clock = Clock(fp32=1.0, int8=2.0, fewer=1.25)  # keeping the island FP32 helps, but int8 stays slower
     q, rec = quantize_model(m, _island_data(), None, cfg, measure=clock)
     sp = rec.stats["speed"]
     assert clock.calls == [["fp32", "int8"], ["fp32", "int8", "fewer"]]
-    # conv1 (the island), then conv0, which had lost its int8 reader and became an island itself
-    assert sp["kept_fp32_for_speed"] == ["conv1", "conv0"] and sp["retry"]["kept"]
-    assert "reader was kept FP32" in sp["slow_layers"][1]["why"]
+    # conv1 (the island) only: conv0 keeps its int8 kernel, conv1 reads its DequantizeLinear
+    assert sp["kept_fp32_for_speed"] == ["conv1"] and sp["retry"]["kept"]
     assert sp["slower"] and abs(sp["speedup"] - 0.8) < 1e-9 and "0.80x" in sp["warning"]
     assert any(s.target == "speed" and "slower than FP32" in s.reason for s in rec.skipped)
     assert any(s.target == "conv1" and "kept FP32 for speed" in s.reason for s in rec.skipped)
-    prod = {o: n.op_type for n in q.graph.node for o in n.output}
+    inits = {i.name for i in q.graph.initializer}
     conv1 = next(n for n in q.graph.node if n.name == "conv1")
-    assert prod[conv1.input[0]] != "DequantizeLinear"  # really FP32 now
-    assert audit(q)["float_islands"] == []
+    assert conv1.input[1] in inits  # float weights: really FP32 now
+    a = audit(q)
+    assert a["float_islands"] == [] and {r["node"]: r["role"] for r in a["nodes"]} == {
+        "conv0": "int8", "conv1": "fp32", "conv2": "int8"}
     x = {"x": _island_data(4).chunks[0]["x"]}
     for ref, got in zip(run_ort(m, x), run_ort(q, x)):
         assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
@@ -83,10 +122,9 @@ def test_slower_int8_keeps_slow_layers_fp32_and_still_says_it_is_slower():
     assert len(warnings) == 1 and "0.80x" in warnings[0] and "slower than FP32" in warnings[0]
 
 
-def test_a_retry_that_is_not_faster_is_undone():
+def test_a_retry_that_is_not_faster_is_undone(fp32_is_slow):
     clock = Clock(fp32=1.0, int8=2.0, fewer=2.5)
-    q, rec = quantize_model(island_net(), _island_data(), None, QuantConfig(mode="static", exclude=("sig",)),
-                            measure=clock)
+    q, rec = quantize_model(island_net(), _island_data(), None, QuantConfig(mode="static"), measure=clock)
     sp = rec.stats["speed"]
     assert not sp["retry"]["kept"] and sp["kept_fp32_for_speed"] == [] and sp["slower"] and "0.50x" in sp["warning"]
     assert [r["node"] for r in sp["slow_layers"]] == ["conv1"]  # reported, since keeping it FP32 did not help
