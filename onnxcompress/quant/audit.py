@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import onnx
 
 from ..evaluate.runner import make_session
@@ -101,25 +102,27 @@ def _quantized_nodes(model: onnx.ModelProto, compute: list) -> set[int]:
             return True
         return n.op_type in passthrough and from_dq(n.input[0], depth + 1)
 
-    return {id(n) for n in compute if n.op_type in INT8_KERNELS or any(from_dq(i) for i in n.input if i)}
+    floats = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    # a layer kept FP32 keeps float weights: reading a DequantizeLinear'd activation (an int8 Conv's output,
+    # see qdq.int8_conv_outputs) does not make it an island
+    return {id(n) for n in compute if n.op_type in INT8_KERNELS or (
+        any(from_dq(i) for i in n.input if i) and not (len(n.input) > 1 and n.input[1] in floats))}
+
+
+SLOWER_THAN_FP32 = 1.25  # an int8 layer this much slower than in FP32 (timing noise stays below) is a candidate
 
 
 def _is_int8_op(op: str) -> bool:
     return op in INT8_KERNELS or op.startswith("QLinear")
 
 
-def slow_layers(model: onnx.ModelProto, feed: dict, runs: int = 20) -> list[dict[str, Any]]:
-    """Quantized nodes that ORT likely runs slower than in FP32, from a per-node profile at batch 1 on
-    one thread: float islands (Q/DQ but a float kernel: pure overhead), and int8 kernels whose run-time
-    QuantizeLinear/DequantizeLinear (not fused away: the neighbours are float) take longer than the kernel
-    itself. Candidates only: the caller keeps them FP32 and re-measures. (ORT's profiler gives per-node
-    times of its optimized graph; nothing in ORT maps them back to the layers of the QDQ model.)"""
+def _profile(model: onnx.ModelProto, feed: dict, runs: int) -> tuple[dict[str, float], onnx.ModelProto]:
+    """ORT's per-node kernel times (us per run, batch 1, one thread) by optimized node name, and the optimized graph."""
     import json
     import os
 
     import onnxruntime as ort
 
-    names = {n.name for n in model.graph.node if n.name}
     with tempfile.TemporaryDirectory(prefix="onnxcompress-prof-") as d:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -134,11 +137,49 @@ def slow_layers(model: onnx.ModelProto, feed: dict, runs: int = 20) -> list[dict
         events = json.loads(Path(trace).read_text())
         optimized = onnx.load(str(Path(d) / "opt.onnx"))
         os.unlink(trace)
-    times: dict[str, float] = {}
+    samples: dict[str, list[float]] = {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            key = e["name"][: -len("_kernel_time")]
-            times[key] = times.get(key, 0.0) + e.get("dur", 0) / runs
+            samples.setdefault(e["name"][: -len("_kernel_time")], []).append(float(e.get("dur", 0)))
+    # a low percentile, not the mean: other processes on a shared machine inflate some runs, never shorten them
+    return {k: float(np.percentile(v, 25)) * len(v) / runs for k, v in samples.items()}, optimized
+
+
+def fp32_layer_times(model: onnx.ModelProto, feed: dict, runs: int = 20) -> dict[str, float]:
+    """Per compute layer of an FP32 model: its kernel time (us, batch 1, one thread). ORT names a fused kernel
+    after its first node, an NCHWc conv after its output tensor (+ '_nchwc', the tensor of the last activation
+    fused into it): both are traced back to the Conv/Gemm/MatMul that produced them."""
+    times, optimized = _profile(model, feed, runs)
+    names = {n.name for n in model.graph.node if n.name}
+    prod = {o: n for n in model.graph.node for o in n.output}
+    out: dict[str, float] = {}
+    for n in optimized.graph.node:
+        layer = n.name.split("_token_")[0]
+        if layer not in names:
+            tensor = n.name[: -len("_nchwc")] if n.name.endswith("_nchwc") else (n.output[0] if n.output else "")
+            p = prod.get(tensor)
+            for _ in range(4):  # back through fused BatchNormalization / activations to the compute node
+                if p is None or p.op_type in COMPUTE:
+                    break
+                p = prod.get(p.input[0]) if p.input else None
+            layer = p.name if p is not None and p.op_type in COMPUTE else None
+        if layer:
+            out[layer] = out.get(layer, 0.0) + times.get(n.name, 0.0)
+    return out
+
+
+def slow_layers(model: onnx.ModelProto, feed: dict, runs: int = 20,
+                reference: Optional[onnx.ModelProto] = None) -> list[dict[str, Any]]:
+    """Quantized nodes that ORT likely runs slower than in FP32, from a per-node profile at batch 1 on
+    one thread: float islands (Q/DQ but a float kernel: pure overhead), int8 kernels whose run-time
+    QuantizeLinear/DequantizeLinear (not fused away: the neighbours are float) take longer than the kernel
+    itself, and, given the FP32 `reference` (profiled too), int8 layers whose kernel plus own Q/DQ take
+    longer than the same layer in FP32 (ORT's generic int8 depthwise kernel: channels not a multiple of 16;
+    a 3-channel stem conv; 1x1-spatial squeeze-excite convs). Candidates only: the caller keeps them FP32
+    and re-measures. (ORT's profiler gives per-node times of its optimized graph; nothing in ORT maps them
+    back to the layers of the QDQ model.)"""
+    names = {n.name for n in model.graph.node if n.name}
+    times, optimized = _profile(model, feed, runs)
     nodes = list(optimized.graph.node)
     prod = {o: n for n in nodes for o in n.output}
     cons: dict[str, list] = {}
@@ -187,4 +228,16 @@ def slow_layers(model: onnx.ModelProto, feed: dict, runs: int = 20) -> list[dict
         out.append({"node": name, "op": ops.get(name, "?"), "kernel": c["kernel"], "kernel_us": round(c["kernel_us"], 1),
                     "qdq_us": round(c["qdq_us"], 1), "why": why})
     out.sort(key=lambda r: -(r["qdq_us"] - r["kernel_us"]))
+    if reference is not None:
+        ref = fp32_layer_times(reference, feed, runs)
+        found = {r["node"] for r in out}
+        slower = []
+        for name, c in cost.items():
+            total, fp32 = c["kernel_us"] + c["qdq_us"], ref.get(name)
+            if name in found or not fp32 or not _is_int8_op(c["kernel"]) or total < SLOWER_THAN_FP32 * fp32 + 1.0:
+                continue
+            slower.append({"node": name, "op": ops.get(name, "?"), "kernel": c["kernel"], "kernel_us": round(c["kernel_us"], 1),
+                           "qdq_us": round(c["qdq_us"], 1), "fp32_us": round(fp32, 1),
+                           "why": f"{c['kernel']} + its Q/DQ take {total:.0f} us, the FP32 layer {fp32:.0f} us"})
+        out += sorted(slower, key=lambda r: -(r["kernel_us"] + r["qdq_us"] - r["fp32_us"]))
     return out
