@@ -246,7 +246,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
     orig_sess = _instrumented(original, [layer.y for layer in layers])
     levels = sorted({layer.level for layer in layers})
     by_level = {lv: [layer for layer in layers if layer.level == lv] for lv in levels}
-    sizes = _probe_sizes(orig_sess, out, layers, batches)
+    sizes = _probe_sizes(orig_sess, out, layers, batches, original)
     runs = _runs(batches, original, max(sum(sizes[id(x)] for x in todo) for todo in by_level.values()), opts.max_bytes)
     rng = np.random.default_rng(opts.seed)
     cap = max(1, math.ceil(opts.max_rows / len(runs)))
@@ -272,7 +272,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
             del xs, ys
         del sess
         for layer in todo:
-            say(len(report), len(layers), f"reconstruct: {layer.kind} '{layer.name}' ({layer.groups} x "
+            say(len(report), len(layers), f"reconstruct: refit {layer.kind} '{layer.name}' ({layer.groups} x "
                                           f"{layer.features} x {layer.outputs // layer.groups})")
             report[layer.name] = _decide(layer, w, opts, rec)
     say(len(layers), len(layers), "reconstruct: comparing the outputs")
@@ -300,11 +300,12 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
     return out
 
 
-def _probe_sizes(orig_sess, pruned: onnx.ModelProto, layers: list[Layer], batches: list) -> dict:
+def _probe_sizes(orig_sess, pruned: onnx.ModelProto, layers: list[Layer], batches: list,
+                 original: onnx.ModelProto) -> dict:
     """Bytes per sample of what each layer fetches (its input, its target twice over: the read and the rows),
-    measured on one sample."""
+    measured on one sample (on the first run, for a model with a fixed batch size)."""
     first = batches[0]
-    one = _split(first, 1)[0] if isinstance(first, Feed) else first
+    one = _split(first, 1)[0] if isinstance(first, Feed) and not _static_batch(original, first) else first
     n = max(1, samples_of(one))
     xs = run_feed(_instrumented(pruned, [layer.x for layer in layers]), [layer.x for layer in layers], one)
     ys = run_feed(orig_sess, [layer.y for layer in layers], one)
