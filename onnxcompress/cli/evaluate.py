@@ -159,6 +159,8 @@ def validate_cmd(ctx, reference, candidate, data, layers, provider, as_json, inp
         data = data_arg(data, model_layout(ref, layout_items(input_layout)), build_data_config(**data_flags), ref,
                         None if as_json else (lambda msg: click.echo(msg, err=True)))
     if platform_spec:  # the emulated target (cli/target.py): host vs target, its gates, fusion on both
+        if layers or provider != "cpu":
+            raise click.UsageError("--platform runs ORT's CPU provider on the target; drop --layers/--provider")
         return validate_platform(platform_spec, reference, candidate, data, cfg, samples, as_json,
                                  layout_items(input_layout))
     with Progress(not as_json) as bar:

@@ -214,11 +214,13 @@ class QemuChroot(Backend):
         return run.info
 
     def _require_ready(self) -> None:
+        problem = self.available()
+        if problem:
+            raise InputError(problem)
         st = self.status(size=False)
         if not st["ready"]:
             problem = self.available()
-            raise InputError(f"the emulated {self.arch} target is not ready: {st['why']}"
-                             + (f" ({problem})" if problem else " (about 4 minutes and 0.8 GB, once)"))
+            raise InputError(f"the emulated {self.arch} target is not ready: {st['why']} (about 5 minutes and 0.5 GB, once)")
 
     def run_models(self, models: dict[str, ModelLike], feeds: Sequence[dict[str, np.ndarray]], cpu: str,
                    optimized: bool = True, progress: Progress = None) -> TargetRun:
