@@ -73,6 +73,7 @@ class PruneConfig:
     # #14: a target instead of a ratio (fraction kept), allocated over the layers by measured damage
     target_macs: Optional[float] = None  # e.g. 0.7: keep 70% of the MACs
     target_params: Optional[float] = None
+    target_latency: Optional[float] = None  # measured batch-1 latency kept (e.g. 0.7), by bisection on the MACs
     allocation: str = "sensitivity"  # "sensitivity" (least measured damage) | "global" (one score threshold)
     damage: str = "auto"  # output damage vs FP32: "auto" (KL on class outputs, else rel. MSE) | "kl" | "cosine" | "mse"
     sensitivity_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)  # of each layer's channels, measured
@@ -84,14 +85,15 @@ class PruneConfig:
     def validate(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"prune ratio {self.ratio} is out of range; use a value in [0, 1)")
-        for name in ("target_macs", "target_params"):
+        targets = [n for n in ("target_macs", "target_params", "target_latency") if getattr(self, n) is not None]
+        for name in targets:
             v = getattr(self, name)
             if v is not None and not 0.0 < v <= 1.0:
                 raise ConfigError(f"prune {name} {v} is out of range; use the fraction kept, in (0, 1], e.g. 0.7")
-        if self.target_macs is not None and self.target_params is not None:
-            raise ConfigError("prune takes one target: target_macs or target_params, not both")
-        if (self.target_macs is not None or self.target_params is not None) and (self.ratio > 0 or self.zeroed_only):
-            raise ConfigError("prune takes a ratio or a target (target_macs/target_params), not both")
+        if len(targets) > 1:
+            raise ConfigError(f"prune takes one target, not {' and '.join(targets)}")
+        if targets and (self.ratio > 0 or self.zeroed_only):
+            raise ConfigError("prune takes a ratio or a target (target_macs/target_params/target_latency), not both")
         _choice("allocation", self.allocation, ("sensitivity", "global"))
         _choice("damage", self.damage, ("auto", "kl", "cosine", "mse"))
         if not self.sensitivity_fractions or any(not 0.0 < f < 1.0 for f in self.sensitivity_fractions):

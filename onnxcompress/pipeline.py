@@ -132,7 +132,7 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
         say("prune")
         t0 = time.perf_counter()
         pc = config.prune
-        targeted = pc.target_macs is not None or pc.target_params is not None
+        targeted = (pc.target_macs, pc.target_params, pc.target_latency) != (None, None, None)
         if calib and (targeted or pc.criterion.startswith("activation") or pc.max_drop is not None):
             batches = calib.take(pc.calibration_samples)  # sensitivity / activation scores read it in small runs
         else:

@@ -21,6 +21,8 @@ from .inspect import StepPrinter, input_shape_option
 @click.option("--target-macs", type=float, help="Keep this fraction of the MACs (e.g. 0.7), allocated over the layers "
               "with the least measured damage (--allocation); instead of --ratio.")
 @click.option("--target-params", type=float, help="Keep this fraction of the parameters (like --target-macs).")
+@click.option("--target-latency", type=float, help="Keep this fraction of the measured batch-1 latency (one thread, "
+              "timed on a calibration sample), by bisection on the MACs target (timing is noisy on a busy machine).")
 @click.option("--allocation", type=click.Choice(["sensitivity", "global"]), default=PruneConfig.allocation,
               show_default=True, help="With a target: 'sensitivity' measures each layer's output damage at "
               "--sensitivity-fractions on calibration data and spends the reduction where it hurts least; 'global' "
@@ -61,8 +63,8 @@ from .inspect import StepPrinter, input_shape_option
 @data_options
 @json_option
 @handle_errors
-def prune_cmd(model, output, ratio, zeroed_only, target_macs, target_params, allocation, damage, sensitivity_samples,
-              max_layer_fraction, max_drop, search_steps, criterion, scope, align, min_channels, calibration,
+def prune_cmd(model, output, ratio, zeroed_only, target_macs, target_params, target_latency, allocation, damage,
+              sensitivity_samples, max_layer_fraction, max_drop, search_steps, criterion, scope, align, min_channels, calibration,
               calibration_samples, validation, task, gate_exprs, input_shape, verbose, as_json, input_layout, data_flags):
     """Physically remove channels from MODEL: dead ones exactly, or the weakest at --ratio. The result's task
     metric against MODEL is printed (on -v, gated; else on calibration samples)."""
@@ -77,7 +79,8 @@ def prune_cmd(model, output, ratio, zeroed_only, target_macs, target_params, all
 
     cfg = PruneConfig(enabled=True, ratio=ratio, zeroed_only=zeroed_only, criterion=criterion, scope=scope,
                       align=align, min_channels=min_channels, calibration_samples=calibration_samples,
-                      target_macs=target_macs, target_params=target_params, allocation=allocation, damage=damage,
+                      target_macs=target_macs, target_params=target_params, target_latency=target_latency,
+                      allocation=allocation, damage=damage,
                       sensitivity_samples=sensitivity_samples, max_layer_fraction=max_layer_fraction, max_drop=max_drop,
                       search_steps=search_steps)
     cfg.validate()
@@ -99,7 +102,7 @@ def prune_cmd(model, output, ratio, zeroed_only, target_macs, target_params, all
     val = open_data(validation, layout, dcfg, m, say) if validation else None
     batches = ds.take(calibration_samples) if ds else None  # a Dataset: each step runs it at its own batch size
     progress = None if as_json else StepPrinter("prune")
-    exact = (cfg.zeroed_only or cfg.ratio == 0) and cfg.target_macs is None and cfg.target_params is None
+    exact = (cfg.zeroed_only or cfg.ratio == 0) and (cfg.target_macs, cfg.target_params, cfg.target_latency) == (None,) * 3
     if max_drop is not None:
         from ..passes.prune.search import search
 
@@ -185,6 +188,10 @@ def summary(out, rec: dict, verbose: bool = False) -> str:
                      + ("" if s.get("reached") is None else f", reached {s['reached']:.3f}x")
                      + ("" if pd is None or pd != pd else f"; output damage ({kind}) predicted {pd:.4g}")
                      + ("" if dm is None else f", measured {dm:.4g} on calibration data before refit"))
+        lat = s.get("latency")
+        if lat:
+            lines.append(f"latency (batch 1, 1 thread) {lat['reached']:.2f}x the input's, target {lat['target']:.2f}x; tried "
+                         + ", ".join(f"{t['macs']:.3f}x MACs -> {t['latency_ratio']:.2f}x" for t in lat["tried"]))
         lines += [f"warning: {r}" for t, r in skipped if t == "target"]
         if verbose:
             lines += [f"  {k}: {v['width_before']} -> {v['width_after']}" for k, v in s.get("layers", {}).items()

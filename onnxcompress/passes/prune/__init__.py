@@ -11,7 +11,7 @@ from ...config import PruneConfig
 from ...data import example_feed
 from ...stats import count_params, macs_or_none
 from ..base import PassRecord
-from .allocate import Planner, targeted_removal
+from .allocate import Planner, latency_removal, targeted_removal
 from .reconstruct import Batches, Reconstruction, reconstruct
 from .remove import analyze, remove_channels, removal
 from .sensitivity import activation_scores, calibration_runs
@@ -48,14 +48,17 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calibration: Option
         return value
 
     target = config.target_params if config.target_params is not None else config.target_macs
-    if (config.zeroed_only or config.ratio == 0) and target is None:
+    if (config.zeroed_only or config.ratio == 0) and target is None and config.target_latency is None:
         say(0, 1, "removing zeroed channels")
         result = removal(model, exact=True, macs=macs)
         pruned, rec = result.model, result.record
         if calibration is not None and config.reconstruct:
             rec.skip("reconstruct", "removing zeroed channels is exact: nothing to reconstruct")
     else:
-        if target is not None:
+        if config.target_latency is not None:
+            planner = planner or Planner(model, config, calibration, macs, feed, input_shapes, say)
+            result = latency_removal(planner, config.target_latency, feed, config.search_steps, say)
+        elif target is not None:
             planner = planner or Planner(model, config, calibration, macs, feed, input_shapes, say)
             result = planner.removal(target)
         else:

@@ -225,7 +225,7 @@ class Planner:
         s = result.record.stats
         after = s.get("params_after") if self.unit == "params" else s.get("macs_after")
         s["reached"] = None if after is None else after / max(self.before, 1)
-        if s["reached"] is not None and s["reached"] > target + 1e-9:
+        if s["reached"] is not None and s["reached"] > target + 0.005:  # half a percent: a rounding, not a shortfall
             result.record.skip("target", f"kept {s['reached']:.3f}x {self.unit}, above the target {target:.3f}x: "
                                "the remaining channels are blocked or at their layer's floor")
         return result
@@ -240,3 +240,49 @@ def targeted_removal(model: onnx.ModelProto, config: PruneConfig, calibration: A
     if on_plan is not None:
         on_plan(planner)
     return planner.removal(target)
+
+
+def latency_removal(planner: Planner, target: float, feed: Any, steps: int = 5, progress: Progress = None,
+                    runs: int = 30) -> Removal:
+    """Prune to a measured latency: the largest MAC fraction whose batch-1, one-thread median latency,
+    timed interleaved with the input model, is at most `target` of the input's; bisection on the MAC
+    target (Planner.removal), starting at `target` itself. Without a fitting candidate, the fastest one
+    tried, with a warning skip. Timing on a busy machine is noisy: the record keeps every measurement."""
+    from ...evaluate.bench import time_sessions
+    from ...evaluate.runner import make_session
+
+    say = progress or (lambda done, total, what: None)
+    if feed is None:
+        raise InputError("--target-latency times the model on one sample of the data; pass -c DATA")
+    run = dict(feed)
+    ref = make_session(planner.model, threads=1, spinning=False)
+    tried: list[tuple[float, float]] = []
+    best: Optional[tuple[float, Removal]] = None
+    fastest: Optional[tuple[float, float, Removal]] = None
+    ok, fail = 0.0, 1.0  # MAC fractions known to fit / not to fit (1.0: the input model itself)
+    t = target
+    for i in range(steps + 1):
+        say(i, steps + 1, f"latency: trying {t:.3f}x MACs")
+        r = planner.removal(t)
+        times = time_sessions({"ref": ref, "cand": make_session(r.model, threads=1, spinning=False)},
+                              {"ref": run, "cand": run}, warmup=3, runs=runs)
+        ratio = times["cand"].summary(1)["median_ms"] / max(times["ref"].summary(1)["median_ms"], 1e-9)
+        tried.append((t, ratio))
+        if fastest is None or ratio < fastest[1]:
+            fastest = (t, ratio, r)
+        if ratio <= target:
+            ok = max(ok, t)
+            if best is None or t > best[0]:
+                best = (t, r)
+        else:
+            fail = min(fail, t)
+        if ok > 0 and fail - ok < 0.02:
+            break
+        t = (ok + fail) / 2 if ok > 0 else fail * 0.75  # nothing fits yet: prune more
+    chosen = best[1] if best is not None else fastest[2]
+    chosen.record.stats["latency"] = {"target": target, "tried": [{"macs": a, "latency_ratio": b} for a, b in tried],
+                                      "reached": next(b for a, b in tried if a == (best or fastest)[0])}
+    if best is None:
+        chosen.record.skip("target", f"no pruned model tried reached {target:.2f}x the input's latency; the fastest, "
+                           f"{fastest[1]:.2f}x at {fastest[0]:.3f}x MACs, was kept")
+    return chosen

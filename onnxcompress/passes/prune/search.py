@@ -89,6 +89,8 @@ def _knob(config: PruneConfig) -> tuple[str, float, float]:
     """(config field searched, its most aggressive value, its identity value)."""
     if config.target_params is not None:
         return "target_params", config.target_params, 1.0
+    if config.target_latency is not None:
+        return "target_latency", config.target_latency, 1.0
     if config.target_macs is not None:
         return "target_macs", config.target_macs, 1.0
     if config.ratio > 0:

@@ -176,3 +176,21 @@ def test_pipeline_prune_stage_passes_the_target_through(tmp_path):
     pruned = next(s for s in report["stages"] if s["name"] == "pruned")
     shapes = {i.name: list(i.dims) for i in onnx.load(str(tmp_path / "out" / pruned["path"].split("/")[-1])).graph.initializer}
     assert shapes["wa"][0] == 16 and shapes["wb"][0] == 8 and shapes["wf"] == [5, 8]
+
+
+def test_latency_target_keeps_the_least_pruned_model_that_measured_within_it():
+    m = dead_half_model()
+    cal = data([4, 6, 6], n=4)
+    pruned, rec = prune_model(m, PruneConfig(enabled=True, target_latency=0.9, allocation="global", align=4,
+                                             min_channels=4, reconstruct=False, search_steps=2), calibration=cal)
+    lat = rec.stats["latency"]
+    tried = lat["tried"]
+    assert 1 <= len(tried) <= 3 and tried[0]["macs"] == 0.9 and all(t["latency_ratio"] > 0 for t in tried)
+    fits = [t["macs"] for t in tried if t["latency_ratio"] <= 0.9]
+    if fits:  # timings decide which; the choice must follow them
+        assert rec.stats["target"] == max(fits) and not any(s.target == "target" for s in rec.skipped)
+    else:
+        assert any(s.target == "target" and "was kept" in s.reason for s in rec.skipped)
+    assert run_ort(pruned, {"input": cal.chunks[0]["input"]})[0].shape == (4, 5)
+    with pytest.raises(ConfigError, match="one target"):
+        PruneConfig(target_macs=0.7, target_latency=0.7).validate()
