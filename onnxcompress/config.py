@@ -51,10 +51,10 @@ class ReconstructConfig:
     bn_recalibration: bool = True  # convs not refit: per-channel mean/var of the output matched to the original's
     bias_correction: bool = True  # other layers not refit: per-channel mean error folded into the bias
     max_rows: int = 16384  # rows (output positions) per layer over all the data
-    max_bytes: int = 256 << 20  # tensors fetched per run of the data
+    max_bytes: Optional[int] = None  # memory for the tensors read per run; None: the data's memory budget
 
     def validate(self) -> None:
-        if self.max_rows < 1 or self.max_bytes < 1:
+        if self.max_rows < 1 or (self.max_bytes is not None and self.max_bytes < 1):
             raise ConfigError("reconstruction max_rows and max_bytes must be >= 1")
 
 

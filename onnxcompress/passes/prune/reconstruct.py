@@ -14,9 +14,9 @@ What, per layer, in this order (refit.py holds the arithmetic):
    BatchNormalization was folded) gives each output channel the original's mean and variance on the
    calibration rows by a per-channel scale and shift of the weights and bias; else bias correction
    (`bias_correction`) gives it the original's mean (a shift of the bias).
-Inputs and targets are read from instrumented copies of the two models, in runs of at most `max_bytes`
-of fetched tensors (a run of the data is split by samples); a conv is unrolled by im2col on a random
-subset of output positions (`max_rows` per layer over all the data). Normal equations are accumulated
+Inputs and targets are read from instrumented copies of the two models, in runs sized to the memory
+budget (evaluate/budget.py: a run of the data is split by samples so that what a level fetches fits); a
+conv is unrolled by im2col on a random subset of output positions (`max_rows` per layer over all the data). Normal equations are accumulated
 run by run, separately for a held-out share of the samples; moments for steps 2 come from them too.
 
 Layers are processed in dependency levels (a level holds the layers with the same number of candidate
@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 
 from ...data import Dataset, Feed, feeds, samples_of
+from ...evaluate.budget import budget_of, plan_passes, release
 from ...evaluate.runner import make_session, run_feed
 from ...io import is_big
 from ..base import PassRecord
@@ -61,14 +62,14 @@ __all__ = ["Batches", "ConvLayer", "GemmLayer", "Layer", "MatMulLayer", "Normal"
 @dataclass(frozen=True)
 class Reconstruction:
     """Options: at most `max_rows` rows per layer in all (spread over the runs), `seed` for the row
-    sampling, ridge strengths `lambdas` (relative to trace(X^T X) / D), at most `max_bytes` of tensors
-    fetched per run of the data; the steps (module doc) `refit`, `sequential`, `depthwise`,
-    `bn_recalibration`, `bias_correction`."""
+    sampling, ridge strengths `lambdas` (relative to trace(X^T X) / D), runs of the data sized by
+    evaluate/budget.py to `max_bytes` (None: the data's memory budget); the steps (module doc) `refit`,
+    `sequential`, `depthwise`, `bn_recalibration`, `bias_correction`."""
 
     max_rows: int = 16384
     seed: int = 0
     lambdas: tuple[float, ...] = LAMBDAS
-    max_bytes: int = 256 << 20
+    max_bytes: Optional[int] = None  # None: the data's memory budget (evaluate/budget.py)
     refit: bool = True
     sequential: bool = True
     depthwise: bool = True
@@ -210,11 +211,12 @@ def _split(feed: Feed, k: int) -> list[Feed]:
 
 
 def _runs(batches: list, model: onnx.ModelProto, per_sample: float, budget: int) -> list:
-    """The runs, re-split so that the tensors one level fetches (`per_sample` bytes a sample) fit in `budget`."""
+    """The runs, re-split so that the tensors one level fetches (`per_sample` bytes a sample) fit the budget
+    (budget.plan_passes: runs of at most ~64 MB, a bigger one is not faster on CPU)."""
     first = batches[0]
     if not isinstance(first, Feed) or _static_batch(model, first):
         return batches
-    k = max(1, int(budget // max(per_sample, 1.0)))
+    k = plan_passes([int(math.ceil(per_sample))], budget, max(samples_of(b) for b in batches)).passes[0].batch
     return [r for b in batches for r in (_split(b, k) if isinstance(b, Feed) else [b])]
 
 
@@ -233,6 +235,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
     if is_big(original) or is_big(out):
         rec.skip("reconstruct", "models over 2 GB are not reconstructed (in-memory sessions)")
         return out
+    budget = opts.max_bytes or budget_of(batches)
     batches = [b for b in _as_feeds(batches, original) if samples_of(b)]
     if not batches:
         rec.skip("reconstruct", "no calibration samples")
@@ -247,7 +250,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
     levels = sorted({layer.level for layer in layers})
     by_level = {lv: [layer for layer in layers if layer.level == lv] for lv in levels}
     sizes = _probe_sizes(orig_sess, out, layers, batches, original)
-    runs = _runs(batches, original, max(sum(sizes[id(x)] for x in todo) for todo in by_level.values()), opts.max_bytes)
+    runs = _runs(batches, original, max(sum(sizes[id(x)] for x in todo) for todo in by_level.values()), budget)
     rng = np.random.default_rng(opts.seed)
     cap = max(1, math.ceil(opts.max_rows / len(runs)))
     for li, level in enumerate(levels):
@@ -271,6 +274,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
                 layer.held.add(xr[:, h], yr[:, h])
             del xs, ys
         del sess
+        release()
         for layer in todo:
             say(len(report), len(layers), f"reconstruct: refit {layer.kind} '{layer.name}' ({layer.groups} x "
                                           f"{layer.features} x {layer.outputs // layer.groups})")
@@ -356,6 +360,11 @@ def _decide(layer: Layer, w: Weights, opts: Reconstruction, rec: PassRecord) -> 
     row = {"kind": layer.kind, "mse_before": before, "rows": everything.rows, "held_out_rows": held.rows,
            "lost_inputs": layer.lost_inputs, "accepted": False, "steps": []}
     current = prior
+    power = everything.yty / max(1, everything.rows * prior.shape[0] * prior.shape[2])
+    if everything.mse(prior) <= 1e-10 * power:  # e.g. a depthwise conv whose kept inputs did not move
+        rec.skip(target, "reconstruct: its output already matches the original's on the calibration data")
+        row["mse_after"] = before
+        return row
     if not opts.refit:
         pass
     elif layer.groups > 1 and not opts.depthwise:

@@ -188,3 +188,20 @@ def test_reconstruct_config_round_trips():
     back = from_dict(PruneConfig, to_dict(cfg))
     assert back == cfg and Reconstruction.of(back.reconstruction).max_rows == 100
     assert not Reconstruction.of(back.reconstruction).depthwise
+
+
+def test_a_depthwise_whose_kept_inputs_did_not_move_is_left_as_it_is():
+    rng = np.random.default_rng(0)
+    inits = {"w1": rng.standard_normal((8, 4, 3, 3)).astype(np.float32),
+             "wd": rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
+             "w2": rng.standard_normal((3, 8, 1, 1)).astype(np.float32)}
+    m = make_model([helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1] * 4),
+                    helper.make_node("Relu", ["c1"], ["r1"]),
+                    helper.make_node("Conv", ["r1", "wd"], ["d"], name="dw", group=8, pads=[1] * 4),
+                    helper.make_node("Conv", ["d", "w2"], ["out"], name="conv2")], inits, (1, 4, 10, 10))
+    pruned, rec = prune_model(m, PruneConfig(enabled=True, ratio=0.5, align=1, min_channels=2),
+                              calibration=[{"x": correlated(32, 0)}])
+    assert any("already matches" in s.reason and "dw" in s.target for s in rec.skipped), rec.skipped
+    layers = rec.stats["reconstruct"]["layers"]
+    assert layers["dw"]["steps"] == [] and layers["conv2"]["steps"] == ["refit"]
+    onnx.checker.check_model(pruned, full_check=True)
