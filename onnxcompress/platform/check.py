@@ -125,7 +125,7 @@ def validate_on_platform(ref: str | Path, cand: str | Path, data: Optional[str |
     verdict comes from validate's gates on the target's comparison (candidate vs reference, both on the
     target). Also: host vs target for each model (task metric, max difference in output steps) and the
     candidate's fusion audit on both sides."""
-    from ..data import feeds, load_data, model_layout, random_data
+    from ..data import example_feed, feeds, load_data, model_layout, random_data
     from ..evaluate.compare import compare_batches
     from ..evaluate.gates import evaluate_comparison, validation_gates
     from ..evaluate.runner import make_session
@@ -170,9 +170,9 @@ def validate_on_platform(ref: str | Path, cand: str | Path, data: Optional[str |
                 c.update(h[name], t[name])
         steps[k] = {name: c.result() for name, c in counters.items()}
     say(f"fusion audit: the candidate as ORT optimizes it on the host and on {spec}")
-    fusion = _audit_pair(raw["candidate"], tr.optimized["candidate"], runs[0] if runs else None, spec)
+    fusion = _audit_pair(raw["candidate"], tr.optimized["candidate"], example_feed(ds, 1, layout), spec)
     result: dict[str, Any] = {
-        "platform": str(spec), "arch": spec.arch, "cpu": spec.cpu, "backend": backend.name, "emulated": True,
+        "kind": "validate --platform", "schema_version": 1, "platform": str(spec), "arch": spec.arch, "cpu": spec.cpu, "backend": backend.name, "emulated": True,
         "target_info": tr.info, "host": host_name(), "reference": str(ref), "candidate": str(cand),
         "data": str(data) if data else "random", "samples": n,
         "reference_size": model_size(ref), "candidate_size": model_size(cand),

@@ -146,11 +146,11 @@ class QemuChroot(Backend):
                 shutil.rmtree(partial)
             step(f"1/4 debootstrap --foreign: downloading Debian {SUITE} {self.arch} (minbase + python3)")
             self._cmd(["debootstrap", f"--arch={DEB_ARCH[self.arch]}", "--foreign", "--variant=minbase",
-                       "--include=python3", SUITE, str(partial), MIRROR], "debootstrap (first stage)")
+                       "--include=python3", SUITE, str(partial), MIRROR], "debootstrap (first stage)", step)
             shutil.copy2(shutil.which(QEMU[self.arch]), partial / "usr" / "bin" / QEMU[self.arch])
             step("2/4 debootstrap --second-stage: installing the packages under emulation (the slow step)")
             self._cmd(["chroot", str(partial), "/debootstrap/debootstrap", "--second-stage"],
-                      "debootstrap (second stage)")
+                      "debootstrap (second stage)", step)
             for deb in (partial / "var" / "cache" / "apt" / "archives").glob("*.deb"):
                 deb.unlink()
             partial.rename(self.rootfs)
@@ -190,11 +190,18 @@ class QemuChroot(Backend):
         self._cmd(pip + ["install", "-q", "--no-index", "--find-links", str(wheels), "--target", str(site), *plat,
                          f"onnxruntime=={version}", "numpy"], "pip install --target")
 
-    def _cmd(self, argv: list[str], what: str) -> None:
-        r = subprocess.run(argv, capture_output=True, text=True)
-        if r.returncode != 0:
-            lines = [x for x in (r.stderr + r.stdout).strip().splitlines() if x.strip()]
-            tail = lines[-1][:300] if lines else f"exit code {r.returncode}"
+    def _cmd(self, argv: list[str], what: str, say=None) -> None:
+        """Run a set-up command; `say` gets debootstrap's "I: ..." lines as they come (minutes of progress)."""
+        lines: list[str] = []
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            for line in proc.stdout:
+                line = line.rstrip()
+                if line.strip():
+                    lines = (lines + [line])[-20:]
+                if say and line.startswith("I: "):
+                    say(f"  {line[3:]}")
+        if proc.returncode != 0:
+            tail = lines[-1][:300] if lines else f"exit code {proc.returncode}"
             raise InputError(f"target set-up failed in {what}: {tail}; fix it and run onnxcompress target setup "
                              f"{self.arch} again (it resumes)")
 

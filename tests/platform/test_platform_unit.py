@@ -156,3 +156,16 @@ def test_target_arm_without_target_says_so(tmp_path):
     assert not changed and not called and rec2 is rec
     assert rec.stats["fusion"]["platform"].startswith("host (")
     assert rec.stats["target_audit"]["available"] is False and "not ready" in rec.stats["target_audit"]["why"]
+
+
+def test_setup_command_failure_is_one_line(tmp_path):
+    """A failing set-up step (debootstrap, pip) is one InputError naming the step and its last output line;
+    debootstrap's "I: ..." lines reach the progress callback as they come."""
+    from onnxcompress.errors import InputError
+
+    seen: list[str] = []
+    b = QemuChroot("arm64", tmp_path / "t")
+    b._cmd(["sh", "-c", "echo 'I: Retrieving Packages'; echo noise"], "first stage", seen.append)
+    assert seen == ["  Retrieving Packages"]
+    with pytest.raises(InputError, match=r"failed in debootstrap \(second stage\): E: no space left; .* again"):
+        b._cmd(["sh", "-c", "echo 'I: Unpacking'; echo 'E: no space left' >&2; exit 1"], "debootstrap (second stage)")
