@@ -22,6 +22,7 @@ import onnx
 
 from ...config import PruneConfig
 from ...errors import InputError
+from ...io import is_big
 from ...stats import count_params, node_macs, shapes_or_none
 from .graph import ChannelContext
 from .remove import MacCounter, Removal, analyze, own_macs
@@ -132,6 +133,9 @@ class Planner:
         say(0, 1, f"analysing channel groups of {len(m.graph.node)} nodes")
         self.ctx = ctx = analyze(m, exact=False)
         needs_data = cfg.allocation == "sensitivity" or cfg.criterion.startswith("activation")
+        if needs_data and is_big(m):
+            raise InputError("sensitivity allocation and activation scores run the model in memory, which ONNX Runtime "
+                             "cannot for models over 2 GB; use --allocation global with a weight --score")
         self.runs = calibration_runs(self.calibration, m, cfg.sensitivity_samples) if needs_data else []
         if cfg.allocation == "sensitivity" and not self.runs:
             raise InputError("sensitivity allocation measures each layer's damage on calibration data; pass -c DATA "
