@@ -169,7 +169,8 @@ def execute(specs: list[JobSpec], backend_factory: Callable[[], Backend],
         facts.update(seconds=0.0, backend=None)
         return records, facts
     emit(f"{skipped} of {total} jobs already done; {len(todo)} to run" if skipped else f"{total} jobs to run")
-    backend = backend_factory()
+    backend = backend_factory()  # a backend that cannot start (no Ray cluster) leaves nothing behind
+    Path(specs[0].jobs_dir).mkdir(parents=True, exist_ok=True)
     facts["backend"] = backend.describe()
     abort = True
     try:
@@ -210,7 +211,6 @@ def run_sweep(models: Iterable[str], grid: Grid, out_dir: str | Path, base: Pipe
         raise ConfigError(f"objective={objective!r} is not valid; choose one of size, latency")
     specs = plan(models, grid, out_dir, base, per_model, calibration, validation)
     _check_threads(specs, cpus_per_worker)
-    Path(specs[0].jobs_dir).mkdir(parents=True, exist_ok=True)
     if retry_failed:
         _reset_failed(specs)
     records, facts = execute(specs, lambda: make_backend(backend, workers, cpus_per_worker, address, fault), progress)

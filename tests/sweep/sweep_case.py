@@ -48,11 +48,13 @@ def faults(inputs: dict, out: Path, markers: Path) -> Faults:
                    KillWorker(specs[KILLED_TWICE].id, str(markers / "twice"), stage="start", times=2)))
 
 
-def run(inputs: dict, out: Path, markers: Path, **kw) -> tuple[dict, list]:
+def run(inputs: dict, out: Path, markers: Path | None, **kw) -> tuple[dict, list]:
+    """The sweep, with the two injected worker deaths unless `markers` is None."""
     events: list = []
-    markers.mkdir(parents=True, exist_ok=True)
+    if markers is not None:
+        markers.mkdir(parents=True, exist_ok=True)
     report = run_sweep(*args(inputs, out), calibration=inputs["calibration"], validation=inputs["validation"],
-                       progress=events.append, fault=faults(inputs, out, markers), **kw)
+                       progress=events.append, fault=faults(inputs, out, markers) if markers else None, **kw)
     return report, events
 
 

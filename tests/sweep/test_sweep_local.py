@@ -134,3 +134,18 @@ def test_cli_rerun_reports_all_done(local):
     assert "all 6 jobs already done; nothing to run" in res.stderr
     assert "6 jobs: 4 converted, 2 failed (6 already done, 0 run now)" in res.stdout
     assert os.path.isfile(local["out"] / "sweep.html")
+
+
+def test_retry_failed_runs_only_the_failed_jobs(local, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(local["out"], out)
+    done_before = {j["id"]: (out / j["folder"] / "done.json").read_text() for j in local["report"]["jobs"][:4]}
+    report, _ = run(local["inputs"], out, None, workers=2, retry_failed=True)
+    assert report["run"]["ran"] == 2 and report["run"]["skipped"] == 4
+    assert {j["id"]: (out / j["folder"] / "done.json").read_text() for j in report["jobs"][:4]} == done_before
+    broken = report["jobs"][4:]
+    assert [j["status"] for j in broken] == ["failed", "failed"]
+    assert all("broken.onnx" in j["error"] for j in broken)  # the worker is not killed this time: the model is bad
+    assert [j["attempts"] for j in broken] == [2, 3]  # the attempts log spans runs
