@@ -8,7 +8,13 @@ Same models, same calibration data, one run, ratios printed:
   3. top-1 on the bundled model: our defaults vs ORT per-channel vs ORT defaults;
   4. fusion coverage (share of MACs on int8 kernels) of our output on the bundled CNN;
   5. the bundled depthwise-heavy MobileNetV2 and ViT (torch.nn.TransformerEncoder), trained on
-     Fashion-MNIST by models/train_extra.py: agreement / cosine with FP32, our defaults vs ORT's.
+     Fashion-MNIST by models/train_extra.py: agreement / cosine with FP32, our defaults vs ORT's;
+  6. peak RSS of a whole quantization on an ImageNet-size CNN (MobileNetV2, 224^2, random weights, built by
+     bench_data.mobilenet_v2) at 32 and 1,000 samples (random images, streamed): our `quantize` (no -v, and
+     with -v) against ORT's MinMax quantize_static (quant_pre_process + a reader of one sample a run), each
+     run in a fresh process (VmHWM). Targets: ours <= 1.5x ORT's; flat from 32 to 1,000 samples.
+
+    .venv/bin/python benchmarks/bench_quant.py rss     # section 6 only
 """
 from __future__ import annotations
 
@@ -262,10 +268,113 @@ def section_other_models() -> None:
                 print(f"     --mode auto (budget 1 cosine point): {rec.stats['auto']['why']}")
 
 
+class RandomImages:
+    """A streamed source (sources.base.Source) of n random 3x224x224 images, sample i seeded by i: the same
+    samples for every tool and run, never all in memory."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed = n, seed
+        self.description = f"{n} random 224^2 images"
+        self.names = ["x"]
+        self.labels = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def one(self, i: int) -> np.ndarray:
+        return np.random.default_rng((self.seed, int(i))).standard_normal((3, 224, 224)).astype(np.float32)
+
+    def read(self, indices) -> dict:
+        return {"x": np.stack([self.one(i) for i in indices])}
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key + ":"))
+
+
+def rss_worker(tool: str, n: int, model: str) -> None:
+    """One whole quantization in this fresh process; prints its peak RSS (VmHWM) and the RSS before it started."""
+    import onnxruntime  # noqa: F401 - import cost is shared by both tools
+
+    before = _status_mb("VmRSS")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        if tool == "ort":
+            from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            src = RandomImages(n)
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.i = 0
+
+                def get_next(self):
+                    if self.i >= n:
+                        return None
+                    self.i += 1
+                    return {"x": src.one(self.i - 1)[None]}
+
+            pre = Path(d) / "pre.onnx"
+            quant_pre_process(model, str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(Path(d) / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ)
+        else:
+            from onnxcompress.config import QuantConfig
+            from onnxcompress.data import model_layout
+            from onnxcompress.io import load_model, save_model
+            from onnxcompress.quant.search import quantize_model
+            from onnxcompress.sources.base import StreamDataset
+
+            m = load_model(model)
+            layout = model_layout(m)
+            cal = StreamDataset(RandomImages(n), np.arange(n), layout=layout)
+            val = StreamDataset(RandomImages(n, seed=1), np.arange(n), layout=layout) if tool == "ours -v" else None
+            # the CLI's defaults (speed check, quality check on calibration data; -v: auto mode with the search),
+            # the search capped at 30 s (its memory does not grow with the layers it tries)
+            q, _ = quantize_model(m, cal, val, QuantConfig(calibration_samples=n, fallback_seconds=30.0))
+            save_model(q, Path(d) / "q.onnx")
+    print(json.dumps({"peak_mb": _status_mb("VmHWM"), "before_mb": before, "seconds": time.perf_counter() - t0}))
+
+
+def section_peak_rss() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_data import mobilenet_v2
+
+    print("\n6. peak RSS of a whole quantization, MobileNetV2 224^2 (random weights, BN folded, 14 MB), random images\n"
+          "   streamed; a fresh process per run (VmHWM; 'before' = RSS after imports). ORT: quant_pre_process +\n"
+          "   quantize_static MinMax QDQ, a reader of one sample a run. Ours: quantize_model with the CLI defaults\n"
+          "   (speed check, quality check on 64 calibration samples); -v: the same N validation samples, auto mode")
+    rows: dict[tuple[str, int], dict] = {}
+    with tempfile.TemporaryDirectory() as d:
+        model = Path(d) / "mobilenet_v2.onnx"
+        mobilenet_v2(model)
+        for n in (32, 1000):
+            for tool in ("ort", "ours", "ours -v"):
+                out = subprocess.run([sys.executable, __file__, "--rss-worker", tool, str(n), str(model)],
+                                     capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                if out.returncode != 0:
+                    raise RuntimeError(out.stderr[-2000:])
+                rows[(tool, n)] = r = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"   {tool:8s} {n:5d} samples: peak {r['peak_mb']:6.0f} MB (before {r['before_mb']:4.0f} MB), "
+                      f"{r['seconds']:6.1f} s", flush=True)
+    for n in (32, 1000):
+        ort_mb = rows[("ort", n)]["peak_mb"]
+        print(f"   {n:5d} samples: ours / ORT {rows[('ours', n)]['peak_mb'] / ort_mb:.2f}x, "
+              f"ours -v / ORT {rows[('ours -v', n)]['peak_mb'] / ort_mb:.2f}x (target <= 1.5x)")
+    for tool in ("ort", "ours", "ours -v"):
+        print(f"   {tool:8s} 1000 vs 32 samples: {rows[(tool, 1000)]['peak_mb'] / rows[(tool, 32)]['peak_mb']:.2f}x")
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--rss-worker":
+        rss_worker(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif len(sys.argv) > 1 and sys.argv[1] == "rss":
+        section_peak_rss()
     else:
         section_memory_and_speed()
         section_accuracy()
         section_other_models()
+        section_peak_rss()

@@ -9,21 +9,24 @@ batch x (the bytes of the exposed tensors per sample + the model's own working s
   running that one sample in ORT, 16 tensors at a time. The working set is the peak of the live tensors
   when the nodes run in order (what ORT's planner keeps alive: a tensor lives from its producer to its
   last reader).
-- `plan_passes(unit_bytes, budget, max_batch, working)`: fewest passes over the data (consecutive tensors,
-  graph order, so an early pass stops early), then per pass the batch with
-  batch x (its tensors + working) <= min(budget, RUN_BYTES). A tensor that alone exceeds the budget at
-  batch 1 gets a pass of its own at batch 1 (recorded in `Plan.over`).
+- `plan_passes(unit_bytes, budget, max_batch, working)`: with cap = min(budget, RUN_BYTES), the fewest
+  passes over the data whose tensors per sample (+ working set) fit the cap (consecutive tensors, graph
+  order, so an early pass stops early: ORT computes only what its outputs need), then per pass the batch
+  with batch x (its tensors + working) <= cap. A tensor that alone exceeds the cap gets a pass of its own
+  at batch 1 (in `Plan.over` when it exceeds the budget itself).
 - `read_tensors(...)`: runs the plan, one session per model and pass (made, used, dropped), yielding
   each run's tensors: the caller reduces them (min/max, histograms, sums) before the next run.
 
 RUN_BYTES: past ~64 MB of tensors per run, a bigger batch does not run faster on CPU (ORT's per-run
-overhead is well under a millisecond; measured on MobileNetV2 224^2 calibration: batch 4 vs 32 within
-noise), so the batch grows only to that, whatever the budget: peak memory stays near the model's own.
-The budget (DataConfig.memory_budget, `--memory-budget`) is a cap, not a target; default
-min(2 GB, half the available RAM).
+overhead is well under a millisecond; measured on MobileNetV2 224^2 calibration: batch 1 vs 3 vs 32 within
+noise), so runs grow only to that, whatever the budget: peak memory stays near the model's own working
+set (MobileNetV2 quantize -v: 421 -> see bench_quant section 6). More passes cost compute, fewer cost
+memory; 64 MB keeps both small. The budget (DataConfig.memory_budget, `--memory-budget`) is the hard cap
+(a smaller one makes smaller runs and more passes); default min(2 GB, half the available RAM).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 from dataclasses import dataclass, field
@@ -38,7 +41,7 @@ from ..errors import ConfigError
 GIB = 1 << 30
 MIB = 1 << 20
 DEFAULT_CAP = 2 * GIB
-RUN_BYTES = 64 * MIB
+RUN_BYTES = 16 * MIB
 PROBE_GROUP = 16
 ARENA = 2  # ORT's memory for a run vs the live tensors (arena rounding, kernel buffers): measured 1.5-1.7x on MobileNetV2
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -121,31 +124,33 @@ def plan_passes(unit_bytes: Sequence[int], budget: int, max_batch: int, working:
                 run_bytes: int = RUN_BYTES) -> Plan:
     """Passes over the data for reading `unit_bytes` (per-sample bytes of each unit, in graph order).
 
-    Consecutive units are packed greedily while (their sum + working) <= budget (greedy packing of a
-    sequence gives the fewest passes); each pass then gets the largest batch <= max_batch with
-    batch x (sum + working) <= min(budget, run_bytes), at least 1. No units: one pass, batch by `working`."""
+    With cap = min(budget, run_bytes): consecutive units are packed greedily while (their sum + working)
+    <= cap (greedy packing of a sequence gives the fewest passes; a unit alone over the cap gets a pass
+    of its own, and is `over` when it exceeds the budget itself); each pass then gets the largest batch
+    <= max_batch with batch x (sum + working) <= cap, at least 1. No units: one pass, batch by `working`."""
     max_batch = max(1, int(max_batch))
+    cap = min(budget, run_bytes)
     groups: list[list[int]] = []
     over: list[int] = []
     cur: list[int] = []
     total = 0
     for i, b in enumerate(unit_bytes):
         b = max(0, int(b))
-        if b + working > budget:  # alone over the budget: a pass of its own, batch 1
-            over.append(i)
+        if b + working > cap:  # alone over the cap: a pass of its own, batch 1
+            if b + working > budget:
+                over.append(i)
             if cur:
                 groups.append(cur)
             groups.append([i])
             cur, total = [], 0
             continue
-        if cur and total + b + working > budget:
+        if cur and total + b + working > cap:
             groups.append(cur)
             cur, total = [], 0
         cur.append(i)
         total += b
     if cur or not groups:
         groups.append(cur)
-    cap = min(budget, run_bytes)
     passes = []
     for g in groups:
         per = sum(max(0, int(unit_bytes[i])) for i in g) + working
@@ -315,6 +320,25 @@ def read_tensors(models: Sequence[onnx.ModelProto], names: Sequence[Sequence[str
         for feed in feeds(data, p.batch, limit, models[0]):
             yield p, feed, [run_feed(s, w, feed, source) for s, w in zip(sessions, wanted)]
         del sessions
+        release()
+
+
+def release() -> None:
+    """Give freed memory back to the OS after a pass: glibc keeps freed heap pages (its mmap threshold rises
+    to the size of the largest block freed, so activation-size blocks end up on the heap); malloc_trim
+    returns them (measured: RSS after a MobileNetV2 quantization 221 -> 129 MB). A no-op elsewhere."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - glibc only
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 __all__ = ["DEFAULT_CAP", "RUN_BYTES", "Pass", "Plan", "Sizes", "budget_of", "default_budget", "format_bytes",

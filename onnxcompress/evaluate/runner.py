@@ -176,6 +176,24 @@ def run_dataset(session: ort.InferenceSession, data: Dataset, batch_size: int = 
     return result
 
 
+def iter_outputs_many(sessions: list[ort.InferenceSession], data: Dataset, batch_size: int = 64,
+                      limit: Optional[int] = None):
+    """iter_outputs for several sessions on the same runs: per run, a list of their output dicts. Each
+    sample is decoded once (not once per session) and one batch is in memory for all of them."""
+    layout = layout_of(data) or session_layout(sessions[0])
+    specs = [([o.name for o in s.get_outputs()], {o.name: layout.output_axis(o.shape) for o in s.get_outputs()})
+             for s in sessions]
+    for feed in feeds(data, batch_size, limit, layout):
+        row = []
+        for s, (names, declared) in zip(sessions, specs):
+            outs = {}
+            for name, value in zip(names, _run(s, names, feed, getattr(data, "source", "the data"))):
+                outs[name], axis = feed.output(value, declared[name])
+                declared[name] = declared[name] if axis is None else axis
+            row.append(outs)
+        yield row
+
+
 def iter_outputs(session: ort.InferenceSession, data: Dataset, batch_size: int = 64,
                  limit: Optional[int] = None):
     """Yield the outputs of each model run (runs may differ in shape, e.g. sequence length), samples on the

@@ -18,7 +18,7 @@ from .bench import time_sessions
 from .budget import run_batch
 from .compare import compare_batches
 from .gates import AccuracyResult, evaluate_comparison, validation_gates
-from .runner import iter_outputs, make_session
+from .runner import iter_outputs_many, make_session
 
 SCHEMA_VERSION = 2
 RANDOM_SAMPLES = 64
@@ -34,7 +34,7 @@ def compare_sessions(ref: ort.InferenceSession, cand: ort.InferenceSession, data
     state = {"n": 0}
 
     def pairs():
-        for r, c in zip(iter_outputs(ref, data, batch_size, limit), iter_outputs(cand, data, batch_size, limit)):
+        for r, c in iter_outputs_many([ref, cand], data, batch_size, limit):  # each sample decoded once
             state["n"] += len(next(iter(r.values())))
             if progress:
                 progress(state["n"], total, what)

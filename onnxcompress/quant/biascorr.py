@@ -183,10 +183,16 @@ def _measure(fp32: onnx.ModelProto, qdq: onnx.ModelProto, group: list[Target], d
         current = p
         n = feed.samples
         for i, t, r, q in ((i, group[i], r, q) for i, r, q in zip(p.units, ref, got)):
+            ax = t.axis % r.ndim
+            if acc[i] is None:
+                acc[i] = np.zeros((2, 3, r.shape[ax]))
+            if ax > 0 and r.shape[0] == n:  # one sample at a time: float64 temporaries of one sample, not the batch
+                for s in range(n):
+                    e = np.moveaxis(r[s].astype(np.float64) - q[s].astype(np.float64), ax - 1, -1).reshape(-1, r.shape[ax])
+                    acc[i][(seen + s) % 2] += [np.full(e.shape[-1], e.shape[0]), e.sum(0), (e ** 2).sum(0)]
+                continue
             e = np.moveaxis(r.astype(np.float64) - q.astype(np.float64), t.axis, -1)
             fold = (seen + np.arange(n)) % 2 if e.shape[0] == n else np.full(e.shape[0], b % 2)
-            if acc[i] is None:
-                acc[i] = np.zeros((2, 3, e.shape[-1]))
             for k in (0, 1):
                 part = e[fold == k].reshape(-1, e.shape[-1])
                 acc[i][k] += [np.full(e.shape[-1], part.shape[0]), part.sum(0), (part ** 2).sum(0)]

@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from ..errors import InputError
 from ..data import feeds, real_input, samples_of
-from ..evaluate.budget import budget_of, measure, one_sample, plan_passes
+from ..evaluate.budget import budget_of, measure, one_sample, plan_passes, release
 from ..evaluate.runner import run_feed, with_outputs
 from ..io import atomic_write_bytes, is_big, save_model
 
@@ -379,12 +379,14 @@ def _calibrate(model, data, method, percentile, bins, providers, samples, batch_
                         start(feed)
                     readout(group, feed)
                 reader.drop()
+                release()
         else:  # runs given once: every group on each run
             for feed in runs:
                 start(feed)
                 for group in groups:
                     readout(group, feed)
     reader.drop()
+    release()
     if count["batches"] == 0:
         raise InputError("calibration data has no batches; provide at least one sample")
     ranges: dict[str, tuple[float, float]] = {}

@@ -71,7 +71,7 @@ class Evaluator:
         self.why = ""
         labels = self.data.labels is not None
         sess = make_session(reference)
-        self.refs = list(iter_outputs(sess, self.data, batch_size))
+        self.refs = list(iter_outputs(sess, self.data, self.batch_size))
         probe = TaskRun(self.task_config)
         self.task = probe.start(self.refs[0]).name if self.refs else "generic"
         if budget.metric in ("top1", "agreement") and self.task != "classification":

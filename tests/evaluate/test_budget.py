@@ -40,8 +40,11 @@ def test_plan_packs_consecutive_units_and_sizes_each_pass():
     assert plan_passes([1], budget=1000, max_batch=100, working=1, run_bytes=10).passes == (Pass((0,), 5, 10),)
     # nothing exposed (tensors reduced in the graph): one pass, batch by the working set
     assert plan_passes([], budget=100, max_batch=32, working=10).passes == (Pass((), 10, 100),)
-    # three passes when one sample's tensors exceed the budget three times
+    # three passes when one sample's tensors exceed the budget three times, or run_bytes (under a large budget)
     assert [p.units for p in plan_passes([30] * 6, budget=60, max_batch=8).passes] == [(0, 1), (2, 3), (4, 5)]
+    plan = plan_passes([30] * 5 + [100], budget=1000, max_batch=8, run_bytes=60)
+    assert [(p.units, p.batch) for p in plan.passes] == [((0, 1), 1), ((2, 3), 1), ((4,), 2), ((5,), 1)]
+    assert plan.over == ()
 
 
 def test_measure_sizes_from_shape_inference_and_the_working_set():
