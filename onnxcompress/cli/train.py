@@ -4,8 +4,10 @@ from __future__ import annotations
 import click
 
 from ..config import ExportConfig, TrainConfig
+from ..errors import InputError
+from ..sources.preprocess import PRESETS
 from .common import csv_ints, emit, handle_errors, json_option
-from .export import export_options, torch_source_options
+from .export import export_options
 
 
 def train_options(fn):
@@ -62,21 +64,50 @@ def train_config_from(kw: dict) -> TrainConfig:
 @click.command("prune-distill")
 @click.argument("source")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx (pruned channels removed).")
-@torch_source_options
+@click.option("--input", "inputs", multiple=True,
+              help="Torch sources: NAME:1x3x224x224[:dtype]; repeat for several inputs (an .onnx source has its own).")
+@click.option("--weights", type=click.Path(), help="Torch factories: state dict .pt/.pth (weights_only=True) or .safetensors.")
 @click.option("--data", "-d", required=True, type=click.Path(),
-              help="Training inputs .npz (unlabeled is fine; labels used only with --alpha > 0), e.g. the calibration set.")
-@click.option("--val", "-v", "val", type=click.Path(), help="Validation .npz for early stopping and the numbers (top-1 with labels).")
+              help="Training inputs: .npz (unlabeled is fine; labels used only with --alpha > 0), e.g. the calibration "
+                   "set; for an .onnx source also an image folder (--preset).")
+@click.option("--val", "-v", "val", type=click.Path(), help="Validation data for early stopping / the best state and the numbers (top-1 with labels).")
+@click.option("--target-macs", type=float, default=None,
+              help="ONNX source: keep this fraction of the MACs (e.g. 0.7), allocated by measured damage, instead of --ratio.")
+@click.option("--time-budget", default=None, metavar="DURATION",
+              help="ONNX source: train for this long (30m, 90s, 1h) instead of --epochs, keeping the best state.")
+@click.option("--calibration-samples", type=int, default=1000, show_default=True,
+              help="ONNX source: samples the ONNX pruner reads (allocation, refit) before training.")
+@click.option("--student", type=click.Path(dir_okay=False),
+              help="ONNX source: an already pruned copy of it (e.g. from `onnxcompress prune`) to train instead of pruning here.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="ONNX source, image data: preprocessing preset.")
+@click.option("--data-config", "data_config_file", type=click.Path(), help="ONNX source: DataConfig JSON for --data/--val.")
 @train_options
 @export_options
 @json_option
 @handle_errors
-def prune_distill_cmd(source, output, weights, inputs, data, val, opset, exporter, static_batch, as_json, **kw):
-    """Prune a torch model, win accuracy back by distilling from the original, export, remove channels.
+def prune_distill_cmd(source, output, weights, inputs, data, val, opset, exporter, static_batch, as_json, target_macs,
+                      time_budget, calibration_samples, student, preset, data_config_file, **kw):
+    """Prune a torch or ONNX model, win accuracy back by distilling from the original, remove channels.
 
-    SOURCE is pkg.module:function or path/to/file.py:function (with --weights), a TorchScript file, or a
-    torch.export .pt2 program. Prints the metric of the original, of the same pruning without fine-tuning,
-    and after distillation."""
+    SOURCE is pkg.module:function or path/to/file.py:function (with --weights), a TorchScript file, a
+    torch.export .pt2 program, or an .onnx model (pruned on the ONNX side to --target-macs/--ratio, then
+    its graph trained in torch, label-free, within --time-budget). Prints the metric of the original, of
+    the same pruning without fine-tuning, and after distillation."""
+    import dataclasses
     import sys
+
+    if source.lower().endswith(".onnx"):
+        from .train_onnx import parse_duration, run_onnx
+
+        cfg = dataclasses.replace(train_config_from(kw), time_budget=parse_duration(time_budget))
+        cfg.validate()
+        return run_onnx(source, output, data, val, cfg, target_macs, calibration_samples,
+                        {"preset": preset, "data_config_file": data_config_file, "seed": kw["seed"]}, as_json, student)
+    if not inputs:
+        raise InputError("--input is required for a torch source (NAME:1x3x224x224); an .onnx source needs none")
+    if target_macs is not None or time_budget is not None or student is not None:
+        raise InputError("--target-macs, --time-budget and --student apply to .onnx sources; for a torch source use "
+                         "--ratio and --epochs")
 
     from ..io import check_output_path
     from ..torchload import load_any, parse_input_spec
