@@ -65,6 +65,13 @@ def _yolox_raw(y: np.ndarray) -> bool:
                 and is_probability(y[..., 4:]) and np.abs(y[..., :4]).max(initial=0) < 16)
 
 
+def _split_detection(outputs: Outputs, name: str) -> bool:
+    from .detection import split_heads  # PicoDet-style: per level, scores [N, A, C] and boxes [N, A, 4k] apart
+
+    levels = split_heads(outputs)
+    return bool(levels) and any(name in pair for pair in levels)
+
+
 def _distributions(y: np.ndarray) -> bool:
     """Rows over the last axis are probabilities (sum 1) or log-probabilities (logsumexp 0)."""
     y = y.astype(np.float64)
@@ -92,6 +99,8 @@ def guess_task(outputs: Outputs, output: Optional[str] = None) -> tuple[str, str
         return "classification", f"{what}: one score per class"
     if y.ndim == 3 and y.shape[2] >= 2 and _distributions(y):
         return "ctc", f"{what}: a class distribution per time step"
+    if y.ndim == 3 and _split_detection(outputs, name):
+        return "detection", f"{what}: one level of a split detection head (scores and boxes per level in separate outputs)"
     if y.ndim == 3 and _yolox_raw(y):
         return "detection", f"{what}: raw YOLOX grid outputs (strides {', '.join(map(str, YOLOX_STRIDES))})"
     if y.ndim == 3 and _yolo_like(y):

@@ -1,4 +1,4 @@
-"""Detection: YOLO v5/v8/X-style heads, decoded and compared as boxes, not as a tensor.
+"""Detection: YOLO v5/v8/X-style heads and PicoDet/GFL-style split heads, decoded and compared as boxes, not as a tensor.
 
 Layouts: [N, anchors, 4+C(+1)] or [N, 4+C(+1), anchors] (the shorter axis holds the attributes); boxes
 are (cx, cy, w, h); with objectness (v5/X: column 4) a box scores objectness x class probability.
@@ -81,6 +81,47 @@ def yolox_grid(anchors: int, strides: tuple[int, ...]) -> Optional[tuple[np.ndar
     return np.concatenate(grids).astype(np.float64), np.concatenate(steps).astype(np.float64)
 
 
+SPLIT_STRIDES = (8, 16, 32, 64, 128)  # per level, largest grid first (PicoDet, GFL, NanoDet heads)
+
+
+def split_heads(outputs) -> Optional[list[tuple[str, str]]]:
+    """(score output, box output) per level, largest grid first, for heads that write them apart (PicoDet, GFL,
+    NanoDet: scores [N, A, C] in [0, 1] and box values [N, A, 4] distances or [N, A, 4 x bins] distributions per
+    level), or None. Each level's anchor count pairs exactly one score and one box output."""
+    by_anchors: dict[int, list[str]] = defaultdict(list)
+    for name, y in outputs.items():
+        if isinstance(y, np.ndarray) and y.ndim == 3 and y.shape[1] > 1:
+            by_anchors[y.shape[1]].append(name)
+    levels = []
+    for a in sorted(by_anchors, reverse=True):
+        names = by_anchors[a]
+        if len(names) != 2:
+            return None
+        probs = [n for n in names if is_probability(outputs[n])]
+        boxes = [n for n in names if n not in probs and outputs[n].shape[2] % 4 == 0]
+        if len(probs) != 1 or len(boxes) != 1:
+            return None
+        levels.append((probs[0], boxes[0]))
+    if len(levels) < 2 or len(levels) > len(SPLIT_STRIDES):
+        return None
+    if len({outputs[s].shape[2] for s, _ in levels}) != 1 or len({outputs[b].shape[2] for _, b in levels}) != 1:
+        return None
+    return levels if split_grid([outputs[s].shape[1] for s, _ in levels]) is not None else None
+
+
+def split_grid(anchors: list[int]) -> Optional[tuple[int, int]]:
+    """(H, W) of an input whose grids at strides 8, 16, 32, ... (ceil division) have exactly these anchor counts,
+    or None. The taller grid is taken when both orientations fit (boxes then compare as a transposed image)."""
+    s0 = SPLIT_STRIDES[0]
+    for gh in range(int(np.sqrt(anchors[0])), anchors[0] + 1):
+        if anchors[0] % gh:
+            continue
+        h, w = gh * s0, anchors[0] // gh * s0
+        if all(-(-h // st) * -(-w // st) == a for st, a in zip(SPLIT_STRIDES, anchors)):
+            return h, w
+    return None
+
+
 def average_precision(scores: np.ndarray, tp: np.ndarray, n_truth: int) -> float:
     """All-point interpolated AP (VOC 2010+)."""
     if n_truth == 0:
@@ -106,6 +147,51 @@ class Detection(TaskMetric):
         self.ap_preds = {"reference": defaultdict(list), "candidate": defaultdict(list)}  # class -> [(score, tp)]
         self.n_truth: dict[int, int] = defaultdict(int)
         self.labelled = False
+        self.levels: Optional[list[tuple[str, str]]] = None  # split score/box outputs per level (PicoDet)
+        self.split_hw: Optional[tuple[int, int]] = None
+
+    def _setup_split(self, ref) -> bool:
+        """PicoDet-style heads: scores and boxes per level in separate outputs (split_heads)."""
+        self.levels = split_heads(ref) if self.output in ref else None
+        if not self.levels or self.output not in {n for pair in self.levels for n in pair}:
+            self.levels = None
+            return False
+        self.split_hw = split_grid([ref[s].shape[1] for s, _ in self.levels])
+        bins = ref[self.levels[0][1]].shape[2] // 4
+        self.layout = (False, False, False)
+        self.layout_text = (f"{len(self.levels)} levels of split scores [N, A, {ref[self.levels[0][0]].shape[2]}] and "
+                            f"boxes [N, A, 4{' x ' + str(bins) + ' bins' if bins > 1 else ''}] (input "
+                            f"{self.split_hw[0]}x{self.split_hw[1]})")
+        return True
+
+    def decode_split(self, out) -> list[Dets]:
+        """Anchor centres ((col, row) + 0.5) x stride; distances l, t, r, b in strides (the expectation over bins
+        when the head writes distributions); class-wise NMS as for YOLO heads."""
+        h, w = self.split_hw
+        per_sample = []
+        for i in range(len(out[self.levels[0][0]])):
+            boxes, scores, classes = [], [], []
+            for (sname, bname), st in zip(self.levels, SPLIT_STRIDES):
+                sc, d = out[sname][i].astype(np.float64), out[bname][i].astype(np.float64)
+                gw = -(-w // st)
+                a = np.arange(sc.shape[0])
+                ctr = np.stack([a % gw, a // gw], 1) + 0.5
+                bins = d.shape[1] // 4
+                if bins > 1:
+                    d = d.reshape(-1, 4, bins)
+                    d = np.exp(d - d.max(-1, keepdims=True))
+                    d = (d / d.sum(-1, keepdims=True)) @ np.arange(bins)
+                boxes.append(np.concatenate([ctr - d[:, :2], ctr + d[:, 2:]], 1) * st)
+                scores.append(sc.max(1))
+                classes.append(sc.argmax(1))
+            b, s_, c = np.concatenate(boxes), np.concatenate(scores), np.concatenate(classes)
+            keep = np.flatnonzero(s_ > self.config.score_threshold)
+            keep = keep[np.argsort(-s_[keep], kind="stable")[:MAX_CANDIDATES]]
+            b, s_, c = b[keep], s_[keep], c[keep]
+            offset = (2 * np.abs(b).max() + 1.0) if len(b) else 0.0
+            kept = nms(b + (c * offset)[:, None], s_, self.config.nms_iou) if len(b) else keep
+            per_sample.append((b[kept], s_[kept], c[kept]))
+        return per_sample
 
     def _setup(self, y: np.ndarray) -> None:
         if y.ndim != 3 or min(y.shape[1:]) < 5:
@@ -150,9 +236,9 @@ class Detection(TaskMetric):
 
     def update(self, ref: Outputs, cand: Outputs, labels: Optional[np.ndarray]) -> None:
         r, c = ref[self.output], cand[self.output]
-        if self.layout is None:
+        if self.layout is None and not self._setup_split(ref):
             self._setup(r)
-        rd, cd = self.decode(r), self.decode(c)
+        rd, cd = (self.decode_split(ref), self.decode_split(cand)) if self.levels else (self.decode(r), self.decode(c))
         for a, b in zip(rd, cd):
             self.tp += int(match(b, (a[0], a[2]), self.config.match_iou).sum())
             self.n_ref += len(a[0])
