@@ -157,7 +157,8 @@ def _jobs_table(jobs: list[dict], best: set[str]) -> str:
                  _f(s["size_bytes"] / 1e6 if s.get("size_bytes") else None, ".3f"), _f(ratio, ".2f"),
                  _f(s.get("latency_ms"), ".3f"), html.escape(metric) if metric else _f(None, ""), gates,
                  _f(j["attempts"], "d"), _f(j["seconds"], ".1f"), last)
-        rows.append("<tr>" + "".join(f"<td{' class=msg' if i == len(cells) - 1 else ''}>{c}</td>"
+        left = (1, 2, len(cells) - 1)  # model, settings, report / error
+        rows.append("<tr>" + "".join(f"<td{' class=msg' if i in left else ''}>{c}</td>"
                                      for i, c in enumerate(cells)) + "</tr>")
     return (f"<table id='jobs'><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
