@@ -78,6 +78,7 @@ class PruneConfig:
     damage: str = "auto"  # output damage vs FP32: "auto" (KL on class outputs, else rel. MSE) | "kl" | "cosine" | "mse"
     sensitivity_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)  # of each layer's channels, measured
     sensitivity_samples: int = 32  # calibration samples the sensitivity and activation scores read
+    sensitivity_rounds: int = 1  # 2: half allocated, every curve measured again on top of it (damage is not additive)
     max_layer_fraction: float = 0.75  # per-layer floor: never prune more of one layer than this
     max_drop: Optional[float] = None  # with validation data: search the largest reduction within this drop
     search_steps: int = 5  # bisection steps of that search
@@ -88,7 +89,7 @@ class PruneConfig:
         targets = [n for n in ("target_macs", "target_params", "target_latency") if getattr(self, n) is not None]
         for name in targets:
             v = getattr(self, name)
-            if v is not None and not 0.0 < v <= 1.0:
+            if not 0.0 < v <= 1.0:
                 raise ConfigError(f"prune {name} {v} is out of range; use the fraction kept, in (0, 1], e.g. 0.7")
         if len(targets) > 1:
             raise ConfigError(f"prune takes one target, not {' and '.join(targets)}")
@@ -98,6 +99,8 @@ class PruneConfig:
         _choice("damage", self.damage, ("auto", "kl", "cosine", "mse"))
         if not self.sensitivity_fractions or any(not 0.0 < f < 1.0 for f in self.sensitivity_fractions):
             raise ConfigError(f"sensitivity_fractions {self.sensitivity_fractions} must be fractions in (0, 1)")
+        if self.sensitivity_rounds not in (1, 2):
+            raise ConfigError(f"sensitivity_rounds {self.sensitivity_rounds} is out of range; use 1 or 2")
         if not 0.0 < self.max_layer_fraction < 1.0 or self.sensitivity_samples < 1 or self.search_steps < 1:
             raise ConfigError("max_layer_fraction must be in (0, 1), sensitivity_samples and search_steps >= 1")
         if self.max_drop is not None and not 0.0 <= self.max_drop <= 100.0:

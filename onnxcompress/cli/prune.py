@@ -31,6 +31,8 @@ from .inspect import StepPrinter, input_shape_option
               show_default=True, help="Output damage against the input model: auto = KL on class outputs, else relative MSE.")
 @click.option("--sensitivity-samples", type=int, default=PruneConfig.sensitivity_samples, show_default=True,
               help="Calibration samples the sensitivity and activation scores read.")
+@click.option("--sensitivity-rounds", type=click.IntRange(1, 2), default=PruneConfig.sensitivity_rounds, show_default=True,
+              help="2: allocate half, measure every layer again on top of it, allocate the rest (twice the runs).")
 @click.option("--max-layer-fraction", type=float, default=PruneConfig.max_layer_fraction, show_default=True,
               help="Never prune more than this share of one layer.")
 @click.option("--max-drop", type=float, help="With -v: search (bisection on the target) for the largest reduction whose "
@@ -64,8 +66,9 @@ from .inspect import StepPrinter, input_shape_option
 @json_option
 @handle_errors
 def prune_cmd(model, output, ratio, zeroed_only, target_macs, target_params, target_latency, allocation, damage,
-              sensitivity_samples, max_layer_fraction, max_drop, search_steps, criterion, scope, align, min_channels, calibration,
-              calibration_samples, validation, task, gate_exprs, input_shape, verbose, as_json, input_layout, data_flags):
+              sensitivity_samples, sensitivity_rounds, max_layer_fraction, max_drop, search_steps, criterion, scope, align,
+              min_channels, calibration, calibration_samples, validation, task, gate_exprs, input_shape, verbose, as_json,
+              input_layout, data_flags):
     """Physically remove channels from MODEL: dead ones exactly, or the weakest at --ratio. The result's task
     metric against MODEL is printed (on -v, gated; else on calibration samples)."""
     from ..backdoor import feeds_from, save_verified
@@ -81,7 +84,8 @@ def prune_cmd(model, output, ratio, zeroed_only, target_macs, target_params, tar
                       align=align, min_channels=min_channels, calibration_samples=calibration_samples,
                       target_macs=target_macs, target_params=target_params, target_latency=target_latency,
                       allocation=allocation, damage=damage,
-                      sensitivity_samples=sensitivity_samples, max_layer_fraction=max_layer_fraction, max_drop=max_drop,
+                      sensitivity_samples=sensitivity_samples, sensitivity_rounds=sensitivity_rounds,
+                      max_layer_fraction=max_layer_fraction, max_drop=max_drop,
                       search_steps=search_steps)
     cfg.validate()
     if max_drop is not None and not validation:

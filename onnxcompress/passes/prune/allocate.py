@@ -57,27 +57,31 @@ def root_costs(ctx: ChannelContext, shapes: Any) -> tuple[dict[int, float], dict
     return macs, params
 
 
-def _options(width: int, free: int, align: int, min_channels: int, max_fraction: float, cap: int) -> np.ndarray:
-    """Channel counts a layer may lose: its kept width a multiple of `align` (or all of it), at least
-    `min_channels` and (1 - max_fraction) of it, at most its free channels and `cap` (last measured count)."""
+def _options(width: int, free: int, align: int, min_channels: int, max_fraction: float, cap: int,
+             start: int = 0) -> np.ndarray:
+    """Channel counts a layer may lose (from `start`, already lost): its kept width a multiple of `align` (or all
+    of it), at least `min_channels` and (1 - max_fraction) of it, at most its free channels and `cap` (last
+    measured count)."""
     keep_min = max(min_channels, math.ceil(width * (1 - max_fraction) - 1e-9))
-    ks = [0] + [k for k in range(1, min(free, cap) + 1)
+    ks = [start] + [k for k in range(start + 1, min(free, cap) + 1)
                 if width - k >= keep_min and (align <= 1 or (width - k) % align == 0)]
     return np.array(ks, dtype=np.int64)
 
 
 def allocate(layers: dict[str, list[int]], widths: dict[str, int], curves: dict[str, Curve], cost: dict[int, float],
-             need: float, align: int = 8, min_channels: int = 8, max_fraction: float = 0.75
-             ) -> tuple[dict[str, int], float, float]:
+             need: float, align: int = 8, min_channels: int = 8, max_fraction: float = 0.75,
+             start: Optional[dict[str, int]] = None) -> tuple[dict[str, int], float, float]:
     """Channels to prune per layer (weakest first, `layers[key]` is ordered) saving at least `need` (in the
     unit of `cost`) with the least summed predicted damage, greedily over the lower hull of each curve.
-    Returns (key -> count, saved, predicted damage); saved < need when the floors stop it first."""
+    Returns (key -> count, saved, predicted damage); saved < need when the floors stop it first. `start`:
+    channels each layer has already lost (a second round; saved and damage count from there)."""
+    start = start or {}
     opts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for key, roots in layers.items():
         curve = curves.get(key)
         if curve is None or not roots:
             continue
-        ks = _options(widths[key], len(roots), align, min_channels, max_fraction, max(curve.counts))
+        ks = _options(widths[key], len(roots), align, min_channels, max_fraction, max(curve.counts), start.get(key, 0))
         saving = np.concatenate([[0.0], np.cumsum([cost.get(r, 0.0) for r in roots])])[ks]
         opts[key] = (ks, saving, np.array([curve.at(int(k)) for k in ks]))
     state = {key: 0 for key in opts}  # index into the options
@@ -106,7 +110,8 @@ def allocate(layers: dict[str, list[int]], widths: dict[str, int], curves: dict[
         state[key] = j
         saved += -neg_ds
         damage += dd
-    return {key: int(opts[key][0][i]) for key, i in state.items() if i}, saved, damage
+    counts = dict(start) | {key: int(opts[key][0][i]) for key, i in state.items()}
+    return {k: v for k, v in counts.items() if v}, saved, damage
 
 
 @dataclass
@@ -156,6 +161,7 @@ class Planner:
             raise InputError("--target-macs needs the model's MACs, which depend on its input size; pass -c DATA or "
                              "--input-shape NAME=DIMS")
         self.masked: Optional[MaskedModel] = None
+        self._round: Optional[tuple] = None
         if cfg.allocation == "sensitivity":
             self.masked = MaskedModel(ctx, self.runs)
             prunable = {k: v for k, v in self.layers.items() if v}
@@ -168,7 +174,9 @@ class Planner:
     def choose(self, need: float) -> tuple[set[int], dict[str, dict], float]:
         """Roots saving about `need` (priced), the per-layer summary, and the predicted damage (NaN: global)."""
         cfg = self.config
-        if cfg.allocation == "sensitivity":
+        if cfg.allocation == "sensitivity" and cfg.sensitivity_rounds > 1:
+            counts, predicted = self._two_rounds(need)
+        elif cfg.allocation == "sensitivity":
             counts, _saved, predicted = allocate(self.layers, self.widths, self.curves, self.cost, need, cfg.align,
                                                  cfg.min_channels, cfg.max_layer_fraction)
         else:
@@ -178,6 +186,37 @@ class Planner:
                    | ({"damage_curve": self.curves[key].to_dict()} if key in self.curves else {})
                    for key, w in self.widths.items()}
         return chosen, summary, predicted
+
+    def _two_rounds(self, need: float) -> tuple[dict[str, int], float]:
+        """Damage is not additive (pruning many layers a little costs more than their curves sum to): half the
+        reduction is allocated on the curves, those channels zeroed, every layer's curve measured again on
+        top of them, and the rest allocated on the new curves. The second measurement is made once per
+        removal (the corrections of Planner.removal reuse it)."""
+        cfg = self.config
+        assert self.masked is not None
+        if self._round is None:
+            first, saved, predicted = allocate(self.layers, self.widths, self.curves, self.cost, need / 2, cfg.align,
+                                               cfg.min_channels, cfg.max_layer_fraction)
+            base = {r for key, k in first.items() for r in self.layers[key][:k]}
+            d0 = self.masked.damage(base, cfg.damage)
+            curves: dict[str, Curve] = {}
+            todo = [key for key, roots in self.layers.items()
+                    if min(len(roots), cfg.max_layer_fraction * self.widths[key]) > first.get(key, 0)]
+            say = self.progress or (lambda done, total, what: None)
+            for i, key in enumerate(todo):
+                roots, st = self.layers[key], first.get(key, 0)
+                top = min(len(roots), int(cfg.max_layer_fraction * self.widths[key] + 1e-9))
+                ks = sorted({min(top, st + int(round(f * self.widths[key]))) for f in cfg.sensitivity_fractions} - {st})
+                if not ks:
+                    continue
+                say(i, len(todo), f"sensitivity, round 2: {key[:60]}")
+                dmg = [self.masked.damage(base | set(roots[:k]), cfg.damage) - d0 for k in ks]
+                curves[key] = Curve(self.widths[key], ((st,) if st else ()) + tuple(ks), ((0.0,) if st else ()) + tuple(dmg))
+            self._round = (first, saved, d0, curves)
+        first, saved, d0, curves = self._round
+        counts, _saved, predicted = allocate(self.layers, self.widths, curves, self.cost, max(need - saved, 0.0), cfg.align,
+                                             cfg.min_channels, cfg.max_layer_fraction, start=first)
+        return counts, d0 + predicted
 
     def _global(self, need: float) -> dict[str, int]:
         cfg = self.config
@@ -200,6 +239,7 @@ class Planner:
         """Prune to keep `target` of the MACs (or parameters), measured on the result; the request is raised
         by the shortfall when blocked or refused channels keep it above the target."""
         need = (1 - target) * self.before
+        self._round = None  # the second round's measurement is made for this target
         result: Optional[Removal] = None
         for attempt in range(CORRECTIONS):
             chosen, summary, predicted = self.choose(need)

@@ -65,6 +65,9 @@ def test_allocate_is_greedy_by_damage_per_mac_over_the_curves():
     # widths stay multiples of align (8 - k in {4, 0}: only k = 4 under the 0.75 floor)
     counts, _, _ = allocate(layers, widths, curves, cost, 5, align=4, min_channels=1)
     assert counts == {"b": 4}
+    # a second round starts where the first stopped: saved and damage count from there
+    counts, saved, damage = allocate(layers, widths, curves, cost, 10, align=1, min_channels=1, start={"b": 4})
+    assert counts == {"b": 6} and saved == 10 and damage == pytest.approx(0.48)
     # unreachable: stops at the floors
     counts, saved, _ = allocate(layers, widths, curves, cost, 1e9, align=1, min_channels=1)
     assert counts == {"a": 6, "b": 6} and saved == 90
@@ -104,6 +107,19 @@ def test_sensitivity_protects_the_layer_whose_channels_matter_and_meets_the_mac_
     assert s["measured_damage"] == 0.0 and s["predicted_damage"] == 0.0
     x = cal.chunks[0]["input"]
     np.testing.assert_allclose(run_ort(pruned, {"input": x})[0], run_ort(m, {"input": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_two_rounds_measure_again_on_top_of_the_first_half():
+    m = dead_half_model()
+    cal = data([4, 6, 6])
+    cfg = PruneConfig(enabled=True, target_macs=0.7, align=4, min_channels=4, sensitivity_rounds=2, reconstruct=False)
+    planner = Planner(m, cfg, cal)
+    pruned, rec = prune_model(m, cfg, calibration=cal, planner=planner)
+    first, saved, d0, curves = planner._round
+    # the first half (0.15 of the MACs) is convB's first 4 dead channels; on top of them its next 4 still cost nothing
+    assert first == {"convB": 4} and d0 == 0.0 and curves["convB"].counts == (4, 8, 12) and curves["convB"].damage[:2] == (0.0, 0.0)
+    assert rec.stats["layers"]["convA"]["width_after"] == 16 and rec.stats["layers"]["convB"]["width_after"] == 8
+    assert rec.stats["measured_damage"] == 0.0
 
 
 def test_global_allocation_meets_the_target_too_and_params_target():
