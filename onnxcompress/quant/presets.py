@@ -30,6 +30,65 @@ class OpPlan:
     attention: tuple[str, ...] = ()  # attention MatMuls: kept FP32 by default (excluded, inputs rewired to float)
     float_nodes: tuple[str, ...] = ()  # transformer-region nodes of a hybrid that ORT must leave float
     regions: dict[str, int] = field(default_factory=dict)  # nodes per region (hybrids)
+    spectral: tuple[str, ...] = ()  # an STFT/mel front end written as fixed Conv/MatMul kernels: kept FP32
+
+
+_SPECTRAL_CHAIN = {"Slice", "Pow", "Mul", "Add", "Sqrt", "Abs", "Transpose", "Reshape", "Unsqueeze", "Squeeze",
+                   "Concat", "Split", "Clip", "Log", "Max", "Div", "Sub", "Identity", "Cast"}
+_TO_INPUT = {"Pad", "Unsqueeze", "Reshape", "Cast", "Identity", "Slice", "Squeeze", "Transpose"}
+SPECTRAL_WHY = ("kept FP32: spectral front end (an STFT as a Conv with fixed DFT kernels on the raw audio, its "
+                "power/magnitude and mel filterbank): the spectrum spans decades, and int8 steps erase its quiet bins")
+
+
+def spectral_front_end(model: onnx.ModelProto) -> tuple[str, ...]:
+    """Nodes of an STFT front end: a 1-D Conv with one input channel and a window-long kernel (>= 64 taps) reading a
+    graph input (through Pad/Unsqueeze/Reshape), then the magnitude/power chain after it (Slice, Pow, Add, Sqrt,
+    ..., Log), a MatMul by a non-negative constant matrix on that chain (a mel filterbank), and the first learned
+    layer reading the spectrum before any Log (one int8 scale for loud and quiet frames). Later layers stay
+    quantized. (silero-vad, openwakeword's melspectrogram: measured loss of the
+    quiet frames' decisions with the front end in int8.)"""
+    inits = {i.name: i for i in model.graph.initializer}
+    inputs = {i.name for i in model.graph.input}
+    prod = {o: n for n in model.graph.node for o in n.output}
+    cons: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            cons.setdefault(t, []).append(n)
+
+    def from_input(t: str) -> bool:
+        for _ in range(8):
+            if t in inputs:
+                return True
+            n = prod.get(t)
+            if n is None or n.op_type not in _TO_INPUT:
+                return False
+            t = n.input[0]
+        return False
+
+    found: list[str] = []
+    for n in model.graph.node:
+        w = inits.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
+        if w is None or len(w.dims) != 3 or w.dims[1] != 1 or w.dims[2] < 64 or not n.name or not from_input(n.input[0]):
+            continue
+        todo, seen = [(n, False)], set()
+        while todo:
+            m, logged = todo.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            if m.name and m.name not in found:
+                found.append(m.name)
+            for c in (c for o in m.output for c in cons.get(o, [])):
+                weights = inits.get(c.input[1]) if len(c.input) > 1 else None
+                if c.op_type in _SPECTRAL_CHAIN:
+                    todo.append((c, logged or c.op_type == "Log"))
+                elif c.op_type in ("MatMul", "Gemm") and weights is not None and (
+                        onnx.numpy_helper.to_array(weights) >= 0).all():
+                    todo.append((c, logged))  # a mel filterbank
+                elif c.op_type in ("Conv", "MatMul", "Gemm") and weights is not None and not logged and c.name:
+                    found.append(c.name)  # the first learned layer reading the linear spectrum: its int8 input
+                    # would share one scale between loud and quiet frames (the quiet ones rounded to 0)
+    return tuple(found)
 
 
 def model_family(model: onnx.ModelProto) -> str:
@@ -137,6 +196,12 @@ def default_plan(model: onnx.ModelProto, requested: tuple[str, ...]) -> OpPlan:
     family = model_family(model)
     if requested:
         return OpPlan(tuple(requested), f"--op-types {', '.join(requested)}", family)
+    plan = _family_plan(model, family)
+    plan.spectral = spectral_front_end(model)
+    return plan
+
+
+def _family_plan(model: onnx.ModelProto, family: str) -> OpPlan:
     if family == "transformer":
         return OpPlan(TRANSFORMER_OPS, "transformer detected (attention/LayerNorm): only MatMul/Gemm with constant "
                       "weights quantized; attention MatMuls, LayerNorm, Softmax, GELU/Erf and residual Adds stay FP32 "

@@ -152,6 +152,12 @@ def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, work
     plan = default_plan(prep.model, tuple(config.op_types))
     prep.op_types, prep.op_types_why, prep.auto_exclude = plan.op_types, plan.why, plan.attention
     prep.float_nodes, prep.regions = plan.float_nodes, plan.regions
+    if plan.spectral:
+        from .presets import SPECTRAL_WHY
+
+        prep.auto_exclude = tuple(dict.fromkeys(prep.auto_exclude + plan.spectral))
+        prep.skipped.append((", ".join(plan.spectral[:3]) + (f" and {len(plan.spectral) - 3} more" if len(plan.spectral) > 3
+                                                              else ""), SPECTRAL_WHY))
     if not done and big:
         prep.skipped.append(("pre-process", "model over 2 GB: ORT's quant_pre_process (BN folding, shape inference) skipped"))
     if mode == "dynamic":

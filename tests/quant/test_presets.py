@@ -185,3 +185,56 @@ def test_layernorm_written_out_elementwise_is_a_transformer_anchor():
     ref, got = run_ort(m, {"x": x})[0], run_ort(q, {"x": x})[0]
     cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
     assert cos.min() > 0.99
+
+
+def stft_net(frames=8, hop=64, win=128, bins=17):
+    """raw audio [N, samples] -> Unsqueeze -> Conv with fixed DFT kernels (real and imaginary rows, win taps,
+    stride hop) -> Slice real / imag -> Pow 2 -> Add -> Sqrt -> learned 1x1 Conv -> output (silero-vad's STFT)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = np.arange(win)
+    k = np.arange(bins)[:, None]
+    basis = np.concatenate([np.cos(2 * np.pi * k * n / win), -np.sin(2 * np.pi * k * n / win)])[:, None, :]
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(basis.astype(np.float32), "dft"),
+             numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+             numpy_helper.from_array(np.array([0], np.int64), "s0"), numpy_helper.from_array(np.array([bins], np.int64), "s1"),
+             numpy_helper.from_array(np.array([2 * bins], np.int64), "s2"), numpy_helper.from_array(np.float32(2.0), "two"),
+             numpy_helper.from_array(rng.standard_normal((8, bins, 1)).astype(np.float32) * 0.3, "w"),
+             numpy_helper.from_array(rng.standard_normal((8, 8, 1)).astype(np.float32) * 0.3, "w2")]
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax1"], ["u"], name="unsq"),
+             helper.make_node("Conv", ["u", "dft"], ["spec"], name="stft", strides=[hop]),
+             helper.make_node("Slice", ["spec", "s0", "s1", "ax1"], ["re"], name="re"),
+             helper.make_node("Slice", ["spec", "s1", "s2", "ax1"], ["im"], name="im"),
+             helper.make_node("Pow", ["re", "two"], ["re2"], name="pow_re"),
+             helper.make_node("Pow", ["im", "two"], ["im2"], name="pow_im"),
+             helper.make_node("Add", ["re2", "im2"], ["p"], name="power"),
+             helper.make_node("Sqrt", ["p"], ["mag"], name="mag"),
+             helper.make_node("Conv", ["mag", "w"], ["h"], name="learned"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="learned2")]
+    samples = win + hop * (frames - 1)
+    g = helper.make_graph(nodes, "stft", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", samples])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, frames])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m, samples
+
+
+def test_an_stft_front_end_stays_fp32_and_the_learned_layers_are_quantized():
+    from onnxcompress.quant.audit import audit
+    from onnxcompress.quant.presets import default_plan, spectral_front_end
+
+    m, samples = stft_net()
+    assert set(spectral_front_end(m)) == {"stft", "re", "im", "pow_re", "pow_im", "power", "mag", "learned"}
+    assert set(default_plan(m, ()).spectral) == set(spectral_front_end(m))
+    assert default_plan(m, ("Conv",)).spectral == ()  # --op-types: the user decides
+    rng = np.random.default_rng(1)
+    audio = (rng.standard_normal((32, samples)) * np.logspace(-1, 0, 32)[:, None]).astype(np.float32)  # quiet to loud
+    q, rec = quantize(m, Dataset([{"x": audio}], None, "t"), QuantConfig(mode="static"))
+    roles = {r["node"]: r["role"] for r in audit(q)["nodes"]}
+    assert roles == {"stft": "fp32", "learned": "fp32", "learned2": "int8"}
+    assert any("spectral front end" in s.reason for s in rec.skipped)
+    x = {"x": audio[::4]}
+    ref, got = run_ort(m, x)[0], run_ort(q, x)[0]
+    assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
