@@ -190,6 +190,7 @@ def fallback_search(model: onnx.ModelProto, calibration: Dataset, validation: Da
         stop = "fits the budget" if best_drop <= ev.limit else ""
         if not stop and not config.bias_correction:
             # first rung: bias correction keeps every layer int8 (no speed cost), try it before FP32 layers
+            say("bias correction: measuring each layer's output drift on calibration samples")
             bc = dataclasses.replace(config, bias_correction=True)
             q, qrec = quantize_prepared(prep, bc, work, calibration=calibration)
             drop = ev.drop(q)
@@ -201,7 +202,12 @@ def fallback_search(model: onnx.ModelProto, calibration: Dataset, validation: Da
                 if on_best:
                     on_best(best, rec)
             stop = "fits the budget" if best_drop <= ev.limit else ""
-        ranked = [] if stop else sensitivity(prep, best, validation)
+        if not stop:
+            from .qdq import sample_cap
+
+            n = sample_cap(prep.model, validation, 64)
+            say(f"ranking layers by the noise each adds, on {n} validation samples")
+        ranked = [] if stop else sensitivity(prep, best, validation, samples=n)
         try:
             for row in ranked[:max_layers] if not stop else []:
                 if time.monotonic() - start > seconds:

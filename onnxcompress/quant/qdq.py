@@ -261,12 +261,24 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
         from .biascorr import bias_correct
 
         qmodel, brec = bias_correct(prep.model, qmodel, calibration,
-                                    samples=min(len(calibration), config.calibration_samples, 256))
+                                    samples=sample_cap(prep.model, calibration, min(config.calibration_samples, 256)))
         rec.changed.append(f"{brec.name}: {len(brec.changed)} biases corrected")
         rec.stats[brec.name] = brec.stats
         rec.skipped.extend(brec.skipped)
     _finish(qmodel, rec, excluded, calibration)
     return qmodel, rec
+
+
+ACTIVATION_VOLUME = 6_000_000  # input values per statistic read layer by layer (bias correction, sensitivity)
+
+
+def sample_cap(model: onnx.ModelProto, data: Dataset, cap: int) -> int:
+    """Samples for statistics that read every layer's tensors (pass by pass, each pass running both models over
+    the samples): up to `cap`, fewer when one sample is large, at least 2. A layer's per-channel mean or SQNR from
+    a few 800x608 images rests on millions of values already (ImageNet 224x224: 39 samples; PicoDet 800x608: 4;
+    8 of them made its quantize -v spend over 300 s there, layout_cdla)."""
+    per_sample = sum(int(np.prod(v.shape[1:])) if v.ndim else 1 for v in example_feed(data, 1, model).values())
+    return max(2, min(cap, len(data), ACTIVATION_VOLUME // max(per_sample, 1)))
 
 
 def _finish(qmodel: onnx.ModelProto, rec: PassRecord, excluded: tuple[str, ...],
