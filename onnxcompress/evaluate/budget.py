@@ -17,12 +17,13 @@ batch x (the bytes of the exposed tensors per sample + the model's own working s
 - `read_tensors(...)`: runs the plan, one session per model and pass (made, used, dropped), yielding
   each run's tensors: the caller reduces them (min/max, histograms, sums) before the next run.
 
-RUN_BYTES: past ~64 MB of tensors per run, a bigger batch does not run faster on CPU (ORT's per-run
-overhead is well under a millisecond; measured on MobileNetV2 224^2 calibration: batch 1 vs 3 vs 32 within
-noise), so runs grow only to that, whatever the budget: peak memory stays near the model's own working
-set (MobileNetV2 quantize -v: 421 -> see bench_quant section 6). More passes cost compute, fewer cost
-memory; 64 MB keeps both small. The budget (DataConfig.memory_budget, `--memory-budget`) is the hard cap
-(a smaller one makes smaller runs and more passes); default min(2 GB, half the available RAM).
+RUN_BYTES: runs grow to ~16 MB of tensors (exposed + working set), whatever the budget: a bigger batch does
+not run faster on CPU (ORT's per-run overhead is well under a millisecond; MobileNetV2 224^2 minmax calibration,
+batch 1 vs 3: within noise), while each extra MB shows in the peak, and a run much smaller than the
+data makes the peak independent of the sample count (32 samples already run in several batches, with the
+next one decoded meanwhile, like 2,000). More passes cost compute (an early pass stops early), fewer cost
+memory. The budget (DataConfig.memory_budget, `--memory-budget`) is the hard cap: a smaller one makes
+smaller runs and more passes; default min(2 GB, half the available RAM).
 """
 from __future__ import annotations
 

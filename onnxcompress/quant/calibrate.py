@@ -4,8 +4,10 @@ Why our own (ORT's calibrators are the baseline): ORT's Percentile/Entropy keep 
 every sample in memory (peak memory grows with the sample count), its Entropy with default settings
 has a single candidate threshold (128 bins for 128 levels), it crashes when samples differ in shape,
 and MinMax writes infinite ranges when a tensor holds -inf (attention masks). Here memory is flat in
-the number of samples (one batch of activations plus B bins per tensor), samples may differ in shape,
-non-finite values are counted and ignored, and a tensor with no finite value is refused by name.
+the number of samples and bounded by the memory budget (evaluate/budget.py): MinMax reduces every tensor
+inside the graph, so a run returns scalars; Percentile/Entropy read the tensors out in runs and passes
+sized to the budget into B bins per tensor. Samples may differ in shape, non-finite values are counted
+and ignored, and a tensor with no finite value is refused by name.
 The ranges go to ORT's QDQ quantizer through its calibration cache: we do not rewrite QDQ insertion.
 """
 from __future__ import annotations
