@@ -17,6 +17,10 @@ import onnx
 
 TRANSFORMER_OPS = ("MatMul", "Gemm")
 CNN_ANCHORS = {"Conv", "ConvTranspose"}
+# a hybrid's conv region keeps these FP32: each int8 elementwise op re-quantizes, and a recognizer's backbone
+# has many (PP-LCNetV3's learnable scale/bias after every activation, hardswish, SE gates): PP-OCRv4 rec agreed
+# with FP32 on 17/24 strings with them int8, 21/24 with them FP32 (MatMul-only: 23/24, but its convs FP32)
+HYBRID_FLOAT_ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Sigmoid", "HardSigmoid", "Tanh"}
 TRANSFORMER_ANCHORS = {"LayerNormalization", "SimplifiedLayerNormalization", "Softmax", "Erf", "Gelu", "MatMul"}
 
 
@@ -209,11 +213,13 @@ def _family_plan(model: onnx.ModelProto, family: str) -> OpPlan:
     if family == "hybrid":
         region = regions(model)
         attention = attention_matmuls(model)
-        float_nodes = tuple(n.name for n in model.graph.node
-                            if n.name and region.get(n.name) == "transformer" and n.op_type not in TRANSFORMER_OPS)
+        float_nodes = tuple(n.name for n in model.graph.node if n.name and (
+            (region.get(n.name) == "transformer" and n.op_type not in TRANSFORMER_OPS)
+            or (region.get(n.name) == "cnn" and n.op_type in HYBRID_FLOAT_ARITHMETIC)))
         counts = {r: sum(1 for v in region.values() if v == r) for r in ("cnn", "transformer")}
-        return OpPlan((), f"CNN + transformer detected: the conv region ({counts['cnn']} nodes) quantized as a CNN "
-                      f"(every op ONNX Runtime can); in the transformer region ({counts['transformer']} nodes) only "
+        return OpPlan((), f"CNN + transformer detected: in the conv region ({counts['cnn']} nodes) convs, pools and "
+                      "data movement quantized, its elementwise arithmetic (affine scale/bias, swish, SE gates, residual "
+                      f"Adds) FP32; in the transformer region ({counts['transformer']} nodes) only "
                       "MatMul/Gemm with constant weights, attention MatMuls, LayerNorm, Softmax, GELU/Erf and residual "
                       "Adds stay FP32", family, attention, float_nodes, counts)
     return OpPlan((), f"{family} model: every op ONNX Runtime can quantize", family)

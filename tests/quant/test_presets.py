@@ -66,8 +66,9 @@ def test_explicit_op_types_win(tmp_path):
     assert rec.stats["op_types"]["quantized"] == ["Gemm"]
 
 
-def hybrid(tmp_path, d=32, opset=17):
-    """A PP-OCR-style recognizer: conv stack -> [N, W, d] sequence -> TransformerEncoderLayer -> Linear (CTC)."""
+def hybrid(tmp_path, d=32, opset=17, swish=False):
+    """A PP-OCR-style recognizer: conv stack (swish: x * sigmoid(x) after the first conv) -> [N, W, d] sequence ->
+    TransformerEncoderLayer -> Linear (CTC)."""
     torch.manual_seed(0)
 
     class Hybrid(torch.nn.Module):
@@ -81,7 +82,13 @@ def hybrid(tmp_path, d=32, opset=17):
             self.head = torch.nn.Linear(d, 11)
 
         def forward(self, x):
-            return self.head(self.enc(self.convs(x).flatten(2).transpose(1, 2)))
+            if swish:
+                x = self.convs[0](x)
+                x = x * torch.sigmoid(x)
+                x = self.convs[1:](x)
+            else:
+                x = self.convs(x)
+            return self.head(self.enc(x.flatten(2).transpose(1, 2)))
 
     p = tmp_path / "hybrid.onnx"
     torch.onnx.export(Hybrid().eval(), (torch.randn(1, 1, 8, 32),), str(p), dynamo=False, opset_version=opset,
@@ -89,11 +96,17 @@ def hybrid(tmp_path, d=32, opset=17):
     return onnx.load(str(p))
 
 
+def default_plan_of(m):
+    from onnxcompress.quant.presets import default_plan
+
+    return default_plan(m, ())
+
+
 def test_hybrid_quantizes_convs_as_a_cnn_and_the_encoder_as_a_transformer(tmp_path):
     from onnxcompress.quant.audit import audit
     from onnxcompress.quant.presets import regions
 
-    m = hybrid(tmp_path)
+    m = hybrid(tmp_path, swish=True)
     assert model_family(m) == "hybrid"
     region = regions(m)
     assert all(region[n.name] == "cnn" for n in m.graph.node if n.op_type == "Conv")
@@ -107,6 +120,13 @@ def test_hybrid_quantizes_convs_as_a_cnn_and_the_encoder_as_a_transformer(tmp_pa
     rows = {r["node"]: r for r in audit(q)["nodes"]}
     convs = [n.name for n in m.graph.node if n.op_type == "Conv"]
     assert len(convs) == 3 and all(rows[c]["kernel"] == "QLinearConv" for c in convs)  # was FP32 with one preset
+    # the conv region's elementwise arithmetic (here the Add of ORT's conv bias is folded; the encoder's residual
+    # Adds) reads float tensors: none of them is fed by a DequantizeLinear
+    from onnxcompress.quant.presets import HYBRID_FLOAT_ARITHMETIC
+
+    cnn_arith = {n.name for n in m.graph.node if region.get(n.name) == "cnn" and n.op_type in HYBRID_FLOAT_ARITHMETIC}
+    assert {"Mul", "Sigmoid"} <= {n.op_type for n in m.graph.node if n.name in cnn_arith}
+    assert cnn_arith <= set(default_plan_of(m).float_nodes)
     prod = {o: n.op_type for n in q.graph.node for o in n.output}
     fed_by_dq = {n.op_type for n in q.graph.node if any(prod.get(i) == "DequantizeLinear" for i in n.input)}
     assert not {"LayerNormalization", "Softmax"} & fed_by_dq  # the transformer defaults hold in the encoder
