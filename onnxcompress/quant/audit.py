@@ -110,6 +110,7 @@ def _quantized_nodes(model: onnx.ModelProto, compute: list) -> set[int]:
 
 
 SLOWER_THAN_FP32 = 1.25  # an int8 layer this much slower than in FP32 (timing noise stays below) is a candidate
+MIN_LOSS_US = 5.0  # ... and by at least this: below it, a layer kept FP32 costs more in Q/DQ than it saves
 
 
 def _is_int8_op(op: str) -> bool:
@@ -234,7 +235,7 @@ def slow_layers(model: onnx.ModelProto, feed: dict, runs: int = 20,
         slower = []
         for name, c in cost.items():
             total, fp32 = c["kernel_us"] + c["qdq_us"], ref.get(name)
-            if name in found or not fp32 or not _is_int8_op(c["kernel"]) or total < SLOWER_THAN_FP32 * fp32 + 1.0:
+            if name in found or not fp32 or not _is_int8_op(c["kernel"]) or total < SLOWER_THAN_FP32 * fp32 + MIN_LOSS_US:
                 continue
             slower.append({"node": name, "op": ops.get(name, "?"), "kernel": c["kernel"], "kernel_us": round(c["kernel_us"], 1),
                            "qdq_us": round(c["qdq_us"], 1), "fp32_us": round(fp32, 1),

@@ -199,8 +199,13 @@ def _auto(model, calibration, validation, config, say, on_best, measure):
     return q, rec, {"fp32": lat["fp32"], "int8": lat[chosen["mode"]]}
 
 
-def slow_candidates(model: onnx.ModelProto, q: onnx.ModelProto, mode: str, data: Dataset) -> list[dict]:
-    """Layers of `q` that ORT likely runs slower than FP32 (see audit.slow_layers); in dynamic mode, every conv."""
+PER_LAYER_MIN_MS = 0.2  # below this FP32 batch-1 latency, per-layer times are profiler resolution and noise
+
+
+def slow_candidates(model: onnx.ModelProto, q: onnx.ModelProto, mode: str, data: Dataset,
+                    fp32_ms: float = float("inf")) -> list[dict]:
+    """Layers of `q` that ORT likely runs slower than FP32 (see audit.slow_layers; the per-layer comparison with
+    the FP32 model only when it takes PER_LAYER_MIN_MS or more); in dynamic mode, every conv."""
     if mode == "dynamic":
         if not any(n.op_type == "ConvInteger" for n in q.graph.node):
             return []
@@ -208,7 +213,7 @@ def slow_candidates(model: onnx.ModelProto, q: onnx.ModelProto, mode: str, data:
                 for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose") and n.name]
     from .audit import slow_layers
 
-    return slow_layers(q, example_feed(data, 1, model), reference=model)
+    return slow_layers(q, example_feed(data, 1, model), reference=model if fp32_ms >= PER_LAYER_MIN_MS else None)
 
 
 def candidate_sets(slow: list[dict]) -> list[list[dict]]:
@@ -235,7 +240,7 @@ def speed_guard(model, q, rec, calibration, validation, config, measure: Measure
     if speed["speedup"] < 1.0:
         mode = rec.stats.get("mode", config.mode)
         say(f"speed: int8 is {speed['speedup']:.2f}x FP32 at batch 1; looking for layers that are slower in int8")
-        slow = slow_candidates(model, q, mode, data if data is not None else _random(model, input_layout))
+        slow = slow_candidates(model, q, mode, data if data is not None else _random(model, input_layout), lat["fp32"])
         speed["slow_layers"] = slow
         for layers in candidate_sets(slow) if slow else []:
             retry = _requantize(model, calibration, validation, rec, config, list(layers))
