@@ -9,7 +9,7 @@ batch x (the bytes of the exposed tensors per sample + the model's own working s
   running that one sample in ORT, 16 tensors at a time. The working set is the peak of the live tensors
   when the nodes run in order (what ORT's planner keeps alive: a tensor lives from its producer to its
   last reader).
-- `plan_passes(unit_bytes, budget, max_batch, working)`: with cap = min(budget, RUN_BYTES), the fewest
+- `plan_passes(unit_bytes, budget, max_batch, working)`: with cap = min(budget, RUN_BYTES + working), the fewest
   passes over the data whose tensors per sample (+ working set) fit the cap (consecutive tensors, graph
   order, so an early pass stops early: ORT computes only what its outputs need), then per pass the batch
   with batch x (its tensors + working) <= cap. A tensor that alone exceeds the cap gets a pass of its own
@@ -125,12 +125,14 @@ def plan_passes(unit_bytes: Sequence[int], budget: int, max_batch: int, working:
                 run_bytes: int = RUN_BYTES) -> Plan:
     """Passes over the data for reading `unit_bytes` (per-sample bytes of each unit, in graph order).
 
-    With cap = min(budget, run_bytes): consecutive units are packed greedily while (their sum + working)
+    With cap = min(budget, run_bytes + working): consecutive units are packed greedily while (their sum + working)
     <= cap (greedy packing of a sequence gives the fewest passes; a unit alone over the cap gets a pass
     of its own, and is `over` when it exceeds the budget itself); each pass then gets the largest batch
     <= max_batch with batch x (sum + working) <= cap, at least 1. No units: one pass, batch by `working`."""
     max_batch = max(1, int(max_batch))
-    cap = min(budget, run_bytes)
+    # run_bytes of exposed tensors on top of the working set: a model whose own working set exceeds
+    # run_bytes (a detector at 640^2) would otherwise read one tensor per pass (hundreds of passes)
+    cap = min(budget, run_bytes + working)
     groups: list[list[int]] = []
     over: list[int] = []
     cur: list[int] = []

@@ -45,6 +45,9 @@ def test_plan_packs_consecutive_units_and_sizes_each_pass():
     plan = plan_passes([30] * 5 + [100], budget=1000, max_batch=8, run_bytes=60)
     assert [(p.units, p.batch) for p in plan.passes] == [((0, 1), 1), ((2, 3), 1), ((4,), 2), ((5,), 1)]
     assert plan.over == ()
+    # a working set above run_bytes (a 640^2 detector): run_bytes of tensors on top of it, not one tensor a pass
+    plan = plan_passes([10] * 6, budget=1000, max_batch=8, working=100, run_bytes=30)
+    assert [(p.units, p.batch) for p in plan.passes] == [((0, 1, 2), 1), ((3, 4, 5), 1)]
 
 
 def test_measure_sizes_from_shape_inference_and_the_working_set():
