@@ -41,10 +41,10 @@ def _ort_errors() -> tuple[type[BaseException], ...]:
 def session(model: onnx.ModelProto, optimize: bool = False):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # ORT's C++ warnings and errors would flood stderr: a failure is raised, not logged
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    from .evaluate.runner import session_options
+
+    # quiet: ORT's C++ warnings and errors would flood stderr; a failure is raised, not logged
+    opts = session_options(optimize=optimize, quiet=True)
     try:
         return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except _ort_errors() as exc:

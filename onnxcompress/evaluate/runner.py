@@ -90,13 +90,9 @@ def default_threads() -> Optional[int]:
     return _THREADS.get()
 
 
-def make_session(model: ModelLike, provider: str = "cpu", threads: Optional[int] = None,
-                 optimize: bool = True, optimized_path: Optional[str] = None,
-                 spinning: bool = True, quiet: bool = False) -> ort.InferenceSession:
-    """spinning=False: idle intra-op threads sleep at once instead of spinning, so sessions timed in
-    turn (interleaved benchmarks) do not steal each other's cores. quiet=True: ORT logs nothing, not even
-    its error lines (probing runs whose failure the caller handles: a failed run would print one
-    `[E:onnxruntime ... ExecuteKernel]` line each)."""
+def session_options(optimize: bool = True, quiet: bool = False, threads: Optional[int] = None) -> ort.SessionOptions:
+    """Options every session we open starts from: log level, optimization level, and the thread budget
+    of `session_threads` (a sweep job's CPUs) unless `threads` is given."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 4 if quiet else 3
     opts.graph_optimization_level = (
@@ -106,6 +102,18 @@ def make_session(model: ModelLike, provider: str = "cpu", threads: Optional[int]
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    return opts
+
+
+def make_session(model: ModelLike, provider: str = "cpu", threads: Optional[int] = None,
+                 optimize: bool = True, optimized_path: Optional[str] = None,
+                 spinning: bool = True, quiet: bool = False) -> ort.InferenceSession:
+    """spinning=False: idle intra-op threads sleep at once instead of spinning, so sessions timed in
+    turn (interleaved benchmarks) do not steal each other's cores. quiet=True: ORT logs nothing, not even
+    its error lines (probing runs whose failure the caller handles: a failed run would print one
+    `[E:onnxruntime ... ExecuteKernel]` line each)."""
+    threads = threads or _THREADS.get()
+    opts = session_options(optimize, quiet, threads)
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path:

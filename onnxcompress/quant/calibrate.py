@@ -25,7 +25,7 @@ import onnxruntime as ort
 from ..errors import InputError
 from ..data import feeds, real_input, samples_of
 from ..evaluate.budget import budget_of, measure, one_sample, plan_passes, release
-from ..evaluate.runner import run_feed, with_outputs
+from ..evaluate.runner import run_feed, session_options, with_outputs
 from ..io import atomic_write_bytes, is_big, save_model
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
@@ -297,9 +297,7 @@ class _Reader:
 
     def __init__(self, model, workdir, providers):
         self.model, self.workdir, self.providers = model, workdir, providers or ["CPUExecutionProvider"]
-        self.opts = ort.SessionOptions()
-        self.opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        self.opts.log_severity_level = 3
+        self.opts = session_options(optimize=False)  # the sweep's per-job thread budget applies here too
         if hasattr(ort, "ExecutionOrder"):  # the reductions run right after their tensor is made, which is then freed
             self.opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # (default order: all at the end, 3x memory)
         self.cache: dict[tuple[str, ...], ort.InferenceSession] = {}
