@@ -70,7 +70,7 @@ def measure(name: str, target: str, cpus: list[str], samples: int, zoo: Path) ->
     from onnxcompress.config import TaskConfig
     from onnxcompress.data import feeds, load_data, model_layout
     from onnxcompress.evaluate.compare import compare_batches
-    from onnxcompress.evaluate.runner import make_session
+    from onnxcompress.runtime.session import make_session
     from onnxcompress.platform import StepCounter, get_backend, output_scales
     from onnxcompress.platform.check import _shaped
     from onnxcompress.quant.audit import audit

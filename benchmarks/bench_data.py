@@ -148,7 +148,7 @@ def memory_section(tmp: Path, model_name: str) -> None:
           f"32 JPEGs {mb[32]:.0f} MB, 256 {mb[256]:.0f} MB, 2,000 {mb[2000]:.0f} MB; 2,000 vs 32: {ratio:.3f}x "
           f"(limit 1.1x) [{'OK' if ratio <= 1.1 else 'OVER'}], +{mb[2000] - mb[32]:.0f} MB; 2,000 vs 256: "
           f"{mb[2000] / mb[256]:.3f}x. Calibration runs of {runs[32]['samples'] // runs[32]['runs']} samples "
-          f"({runs[32]['runs']} runs for 32, {runs[2000]['runs']} for 2,000: sized to ~16 MB by evaluate.budget), so "
+          f"({runs[32]['runs']} runs for 32, {runs[2000]['runs']} for 2,000: sized to ~16 MB by runtime.budget), so "
           f"32 samples already hold the steady state (one run in the model, the next decoded). The 2,000 samples as "
           f"one float32 array (the .npz path): {2000 * 3 * 224 * 224 * 4 / 1e9:.2f} GB")
     print(f"   calibration time: {runs[2000]['seconds']:.1f} s for 2,000, {runs[32]['seconds']:.1f} s for 32")

@@ -53,7 +53,7 @@ def main() -> None:
     from onnxcompress.config import BenchConfig, ExportConfig, QuantConfig, TrainConfig
     from onnxcompress.data import Dataset
     from onnxcompress.evaluate.compare import topk
-    from onnxcompress.evaluate.runner import make_session, run_dataset
+    from onnxcompress.runtime.session import make_session, run_dataset
     from onnxcompress.export import TensorSpec, export
     from onnxcompress.io import load_model, save_model
     from onnxcompress.passes.prune import remove_zeroed_channels

@@ -32,7 +32,7 @@ BURNER = "import time\nwhile True:\n    t = time.time()\n    while time.time() -
 
 def ratio_spread(a: Path, b: Path, repeats: int, runs: int = 200) -> dict[str, list[float]]:
     from onnxcompress.evaluate.bench import bench_feed, time_sessions
-    from onnxcompress.evaluate.runner import make_session
+    from onnxcompress.runtime.session import make_session
 
     feed = bench_feed(a, None, 1)
     out: dict[str, list[float]] = {"interleaved": [], "back-to-back": []}

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from onnxcompress.config import BenchConfig, PruneConfig  # noqa: E402
 from onnxcompress.data import input_specs, load_data  # noqa: E402
 from onnxcompress.evaluate.compare import topk  # noqa: E402
-from onnxcompress.evaluate.runner import make_session, run_dataset  # noqa: E402
+from onnxcompress.runtime.session import make_session, run_dataset  # noqa: E402
 from onnxcompress.io import load_model, save_model  # noqa: E402
 from onnxcompress.passes.prune import prune_model, remove_zeroed_channels  # noqa: E402
 from onnxcompress.passes.prune.remove import analyze  # noqa: E402

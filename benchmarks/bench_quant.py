@@ -122,7 +122,7 @@ def run_worker(tool: str, method: str, n: int) -> dict:
 
 def agreement_cosine(ref: Path, cand: Path, x: np.ndarray) -> tuple[float, float]:
     from onnxcompress.evaluate.compare import output_metrics
-    from onnxcompress.evaluate.runner import make_session
+    from onnxcompress.runtime.session import make_session
 
     r = make_session(ref).run(None, {make_session(ref).get_inputs()[0].name: x})[0]
     s = make_session(cand)
@@ -159,7 +159,7 @@ def section_memory_and_speed() -> None:
 def section_accuracy() -> None:
     from onnxcompress.data import input_specs, load_data
     from onnxcompress.evaluate.compare import topk
-    from onnxcompress.evaluate.runner import make_session, run_dataset
+    from onnxcompress.runtime.session import make_session, run_dataset
     from onnxcompress.quant.audit import audit
 
     val = load_data(VAL, input_specs(onnx.load(str(MODEL))))
@@ -220,7 +220,7 @@ def section_other_models() -> None:
     from onnxcompress.config import BenchConfig, QuantConfig
     from onnxcompress.data import input_specs, load_data
     from onnxcompress.evaluate.compare import output_metrics, topk
-    from onnxcompress.evaluate.runner import make_session, run_dataset
+    from onnxcompress.runtime.session import make_session, run_dataset
     from onnxcompress.pipeline import benchmark
     from onnxcompress.quant.audit import audit
     from onnxcompress.quant.search import quantize_model

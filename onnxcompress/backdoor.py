@@ -41,7 +41,7 @@ def _ort_errors() -> tuple[type[BaseException], ...]:
 def session(model: onnx.ModelProto, optimize: bool = False):
     import onnxruntime as ort
 
-    from .evaluate.runner import session_options
+    from .runtime.session import session_options
 
     # quiet: ORT's C++ warnings and errors would flood stderr; a failure is raised, not logged
     opts = session_options(optimize=optimize, quiet=True)
@@ -201,7 +201,7 @@ def node_in_message(msg: str) -> Optional[str]:
 
 
 def _intermediates(model: onnx.ModelProto, feeds: dict) -> Optional[dict[str, np.ndarray]]:
-    from .evaluate.runner import with_outputs
+    from .runtime.session import with_outputs
 
     names = [o for n in model.graph.node for o in n.output if o]
     try:

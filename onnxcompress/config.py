@@ -382,11 +382,11 @@ class DataConfig:
     # unchanged in every batch); e.g. ("state:1", "sr:const=16000"). Checked against the model in data.layout
     input_layout: tuple[str, ...] = ()
     # memory the intermediate tensors read by calibration, per-layer comparisons and reconstruction may take
-    # ("512M", "2G"; K/M/G = 1024^n); None = min(2 GB, half the available RAM). evaluate/budget.py sizes runs to it
+    # ("512M", "2G"; K/M/G = 1024^n); None = min(2 GB, half the available RAM). runtime/budget.py sizes runs to it
     memory_budget: Optional[str] = None
 
     def memory_budget_bytes(self) -> Optional[int]:
-        from .evaluate.budget import parse_budget
+        from .runtime.budget import parse_budget
 
         return parse_budget(self.memory_budget, "data memory_budget")
 

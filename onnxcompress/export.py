@@ -23,7 +23,7 @@ import onnx
 from .config import ExportConfig
 from .errors import ExportError, InputError, MissingDependency
 from .evaluate.compare import MetricAccumulator
-from .evaluate.runner import make_session
+from .runtime.session import make_session
 from .io import is_big, save_model
 from .passes.base import PassRecord
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from .config import PipelineConfig, to_dict
 from .data import Dataset, example_feed, load_data, model_layout
 from .errors import InputError
-from .evaluate.runner import make_session
+from .runtime.session import make_session
 from .backdoor import feeds_from, save_verified
 from .io import check_output_path, load_model, model_size
 from .passes.base import PassRecord
@@ -181,7 +181,7 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
     if val is not None:
         from .evaluate.validate import compare_sessions
 
-        from .evaluate.budget import run_batch
+        from .runtime.budget import run_batch
 
         ref_sess = make_session(src)
         vcfg = config.validate_

@@ -158,7 +158,7 @@ def _vague(model: onnx.ModelProto, shapes: dict[str, list[Optional[int]]]) -> bo
 
 def _measure(model: onnx.ModelProto, feed: Feed, batch: int, source: str) -> Shapes:
     """One ORT run on `feed` with every compute tensor as an output (ORT's own log silenced)."""
-    from .evaluate.runner import make_session, with_outputs
+    from .runtime.session import make_session, with_outputs
 
     known = {i.name for i in model.graph.input} | {t.name for t in _weights(model)}
     names = [t for t in _compute_tensors(model) if t not in known]

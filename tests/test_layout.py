@@ -12,7 +12,7 @@ from conftest import run_ort, tiny_cnn
 from onnxcompress.cli import main
 from onnxcompress.data import (Dataset, InputSpec, input_specs, load_data, model_layout, random_data, resolve_layout)
 from onnxcompress.errors import ConfigError, InputError
-from onnxcompress.evaluate.runner import make_session, run_dataset
+from onnxcompress.runtime.session import make_session, run_dataset
 from onnxcompress.quant.calibrate import calibrate
 
 torch = pytest.importorskip("torch")

@@ -79,7 +79,7 @@ def build_data_config(base: Optional[DataConfig] = None, **kw) -> DataConfig:
     audio = {k: v for k, v in {"sample_rate": kw.get("sample_rate"), "mix_to_mono": kw.get("mix_to_mono")}.items() if v is not None}
     top = {k: v for k, v in {"skip_bad": kw.get("skip_bad"), "memory_budget": kw.get("memory_budget")}.items() if v is not None}
     if "memory_budget" in top:
-        from ..evaluate.budget import parse_budget
+        from ..runtime.budget import parse_budget
 
         parse_budget(top["memory_budget"])  # the flag's own name in the error
     if kw.get("seed") is not None:

@@ -19,7 +19,7 @@ class Dataset:
     labels: Optional[np.ndarray]
     source: str
     layout: Optional[Layout] = None
-    memory_budget: Optional[int] = None  # bytes (DataConfig.memory_budget); None = evaluate.budget's default
+    memory_budget: Optional[int] = None  # bytes (DataConfig.memory_budget); None = runtime.budget's default
 
     def _layout(self, chunk: dict[str, np.ndarray]) -> Layout:
         return self.layout or Layout.of_batch(chunk)

@@ -14,7 +14,7 @@ as `--input-layout name:AXIS,name:const[=VALUE]` (DataConfig.input_layout) and c
 here, before any work starts.
 
 `feeds(data, batch_size, limit)` is the only code that makes model inputs from a dataset: sessions are run
-on its `Feed`s (evaluate.runner.run_feed / iter_outputs), never on dataset batches.
+on its `Feed`s (runtime.session.run_feed / iter_outputs), never on dataset batches.
 """
 from __future__ import annotations
 

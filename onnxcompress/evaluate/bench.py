@@ -15,7 +15,7 @@ import onnxruntime as ort
 from ..config import BenchConfig
 from ..data import Dataset, example_feed, model_layout, random_data
 from ..io import load_model, model_size
-from .runner import make_session, resolve_provider
+from ..runtime.session import make_session, resolve_provider
 
 BENCH_SCHEMA_VERSION = 1
 Progress = Optional[Callable[[int, int, str], None]]  # (done, total, what)

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from ..data import Dataset
-from .budget import read_tensors
+from ..runtime.budget import read_tensors
 from .compare import sqnr
 
 
@@ -36,7 +36,7 @@ def layer_sqnr(ref: onnx.ModelProto, cand: onnx.ModelProto, data: Dataset, sampl
                batch_size: int = 16, provider: str = "cpu",
                pairs: Optional[dict[str, tuple[str, str]]] = None, memory_budget=None) -> list[dict[str, Any]]:
     """`pairs`: ref tensor -> (cand tensor, op), default shared_tensors(ref, cand). The tensor pairs are read
-    in passes and batches sized to the memory budget (evaluate.budget; `memory_budget`, else the data's);
+    in passes and batches sized to the memory budget (runtime.budget; `memory_budget`, else the data's);
     sums are float64 per sample, added in sample order: the numbers do not depend on the budget."""
     pairs = shared_tensors(ref, cand) if pairs is None else pairs
     if not pairs:

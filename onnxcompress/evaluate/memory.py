@@ -55,7 +55,7 @@ def peak_memory_mb(model: str | Path, feed: dict[str, np.ndarray], provider: str
 def _main(model: str, feed_path: str, provider: str, threads: int, runs: int) -> None:
     import onnxruntime  # noqa: F401 - import cost is not the model's
 
-    from .runner import make_session
+    from ..runtime.session import make_session
 
     with np.load(feed_path) as z:
         feed = {k: z[k] for k in z.files}

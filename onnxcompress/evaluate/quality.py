@@ -16,8 +16,8 @@ import onnx
 from ..config import TaskConfig, ValidateConfig
 from ..data import Dataset
 from .gates import evaluate_comparison, validation_gates
-from .budget import run_batch
-from .runner import make_session
+from ..runtime.budget import run_batch
+from ..runtime.session import make_session
 from .validate import compare_sessions
 
 CALIBRATION_SAMPLES = 64  # enough for detection recall / agreement to say "broken"; two ORT runs over them

@@ -15,10 +15,10 @@ from ..data import Dataset, example_feed, input_specs, load_data, model_layout, 
 from ..errors import InputError
 from ..io import load_model, model_size
 from .bench import time_sessions
-from .budget import run_batch
+from ..runtime.budget import run_batch
 from .compare import compare_batches
 from .gates import AccuracyResult, evaluate_comparison, validation_gates
-from .runner import iter_outputs_many, make_session
+from ..runtime.session import iter_outputs_many, make_session
 
 SCHEMA_VERSION = 2
 RANDOM_SAMPLES = 64
@@ -52,7 +52,7 @@ def validate(ref: str | Path, cand: str | Path, data: Optional[str | Path], conf
     """Run both models on the same data, compare, and apply the gates in `config`. `input_layout`:
     DataConfig.input_layout items (batch axes, const inputs) the shapes do not settle. `memory_budget`
     (bytes or '512M'; else the data's DataConfig.memory_budget, else the default) caps the batch of the runs
-    and sizes the per-layer passes (evaluate.budget). The verdict is in
+    and sizes the per-layer passes (runtime.budget). The verdict is in
     `verdict` / `passed` / `gates` (AccuracyResult.from_dict(result) gives the object)."""
     config.validate()
     ref_model, cand_model = load_model(ref), load_model(cand)

@@ -128,7 +128,7 @@ def validate_on_platform(ref: str | Path, cand: str | Path, data: Optional[str |
     from ..data import example_feed, feeds, load_data, model_layout, random_data
     from ..evaluate.compare import compare_batches
     from ..evaluate.gates import evaluate_comparison, validation_gates
-    from ..evaluate.runner import make_session
+    from ..runtime.session import make_session
     from ..evaluate.validate import RANDOM_SAMPLES
     from ..io import load_model, load_raw, model_size
 

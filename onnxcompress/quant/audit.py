@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 import onnx
 
-from ..evaluate.runner import make_session
+from ..runtime.session import make_session
 from ..stats import node_macs, shapes_or_none
 
 COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}

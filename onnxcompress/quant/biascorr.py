@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 
 from ..data import Dataset
-from ..evaluate.budget import read_tensors
-from ..evaluate.runner import with_outputs  # noqa: F401 - tests build instrumented copies through this module
+from ..runtime.budget import read_tensors
+from ..runtime.session import with_outputs  # noqa: F401 - tests build instrumented copies through this module
 from ..passes.base import PassRecord
 from .equalize import Graph, attr, copy_model, name_of
 
@@ -173,7 +173,7 @@ def _measure(fp32: onnx.ModelProto, qdq: onnx.ModelProto, group: list[Target], d
     """Per target: array [2 folds, 3 (count, sum e, sum e^2), channels] of e = fp32 - qdq, in float64."""
     # ORT's optimizations on: upstream layers run the int8 kernels they will run when deployed (an output
     # we read keeps its own layer unfused, so we see its float result), and it is 2-4x faster
-    # read in passes and batches sized to the data's memory budget (evaluate.budget)
+    # read in passes and batches sized to the data's memory budget (runtime.budget)
     acc: list[Optional[np.ndarray]] = [None] * len(group)
     seen = b = 0
     current = None

@@ -4,7 +4,7 @@ Why our own (ORT's calibrators are the baseline): ORT's Percentile/Entropy keep 
 every sample in memory (peak memory grows with the sample count), its Entropy with default settings
 has a single candidate threshold (128 bins for 128 levels), it crashes when samples differ in shape,
 and MinMax writes infinite ranges when a tensor holds -inf (attention masks). Here memory is flat in
-the number of samples and bounded by the memory budget (evaluate/budget.py): MinMax reduces every tensor
+the number of samples and bounded by the memory budget (runtime/budget.py): MinMax reduces every tensor
 inside the graph, so a run returns scalars; Percentile/Entropy read the tensors out in runs and passes
 sized to the budget into B bins per tensor. Samples may differ in shape, non-finite values are counted
 and ignored, and a tensor with no finite value is refused by name.
@@ -24,8 +24,8 @@ import onnxruntime as ort
 
 from ..errors import InputError
 from ..data import feeds, real_input, samples_of
-from ..evaluate.budget import budget_of, measure, one_sample, plan_passes, release
-from ..evaluate.runner import run_feed, session_options, with_outputs
+from ..runtime.budget import budget_of, measure, one_sample, plan_passes, release
+from ..runtime.session import run_feed, session_options, with_outputs
 from ..io import atomic_write_bytes, is_big, save_model
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
@@ -224,7 +224,7 @@ def calibrate(model: onnx.ModelProto, data, method: str = "minmax", percentile: 
 
     `data`: a dataset (data.Dataset, a streamed source: anything with `batches`), read in runs of at most
     `batch_size` samples, `samples` in all, sized to the memory budget (`memory_budget`, else the data's
-    DataConfig.memory_budget, else evaluate.budget's default); or an iterable of model runs (data.feeds,
+    DataConfig.memory_budget, else runtime.budget's default); or an iterable of model runs (data.feeds,
     or plain sample-first batches), read once as given.
 
     minmax: one pass over an instrumented copy that reduces each tensor in the graph (ReduceMin/ReduceMax,
@@ -232,7 +232,7 @@ def calibrate(model: onnx.ModelProto, data, method: str = "minmax", percentile: 
     so memory is the model's own working set (ORT's MinMax does the same). A tensor whose sum is not finite
     on a run is read out on that run and its inf/NaN counted and ignored. percentile/entropy: the tensors
     are read out into histograms, in passes over the data that each expose the tensors the budget holds
-    (evaluate.budget.plan_passes). The ranges do not depend on the budget.
+    (runtime.budget.plan_passes). The ranges do not depend on the budget.
 
     `model_path`: the model's file, for models over 2 GB loaded without their external data: shape
     inference and the instrumented copies then work beside that file and share its data file.

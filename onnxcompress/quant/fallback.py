@@ -23,8 +23,8 @@ from ..config import TaskConfig
 from ..data import Dataset
 from ..errors import InputError
 from ..evaluate.tasks import TaskRun, points
-from ..evaluate.budget import run_batch
-from ..evaluate.runner import iter_outputs, make_session
+from ..runtime.budget import run_batch
+from ..runtime.session import iter_outputs, make_session
 from ..passes.base import PassRecord
 from .qdq import Prepared, prepare, quantize_prepared
 

@@ -17,7 +17,7 @@ import onnx
 from ..data import Dataset, example_feed
 from ..evaluate.bench import time_sessions
 from ..io import is_big
-from ..evaluate.runner import make_session
+from ..runtime.session import make_session
 from ..passes.base import PassRecord
 from .fallback import Budget, Evaluator, OnBest, Progress, fallback_search
 from .qdq import check_quantizable, quantize

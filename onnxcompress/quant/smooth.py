@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from ..data import Dataset
-from ..evaluate.budget import read_tensors
+from ..runtime.budget import read_tensors
 from ..errors import ConfigError
 from ..passes.base import PassRecord
 from .equalize import FLOATS, Graph, Layer, as_layer, attr, copy_model, name_of, scale_out
@@ -142,7 +142,7 @@ def find_groups(g: Graph) -> tuple[list[Group], list[tuple[str, str]]]:
 def activation_max(model: onnx.ModelProto, tensors: list[str], data: Dataset, samples: int,
                    batch_size: int) -> dict[str, np.ndarray]:
     """max |x| per last-axis channel, streamed over batches of an instrumented copy (passes and batches sized
-    to the data's memory budget: evaluate.budget)."""
+    to the data's memory budget: runtime.budget)."""
     out: dict[str, np.ndarray] = {}
     for p, _feed, (values,) in read_tensors([model], [tensors], data, batch_size, samples):
         for name, v in zip((tensors[i] for i in p.units), values):

@@ -46,7 +46,7 @@ class StreamDataset:
         self.prefetch = max(1, prefetch)
         self.skipped = skipped  # files left out by --skip-bad
         self.source = source.description
-        self.memory_budget = memory_budget  # bytes for intermediate tensors (DataConfig.memory_budget; evaluate.budget)
+        self.memory_budget = memory_budget  # bytes for intermediate tensors (DataConfig.memory_budget; runtime.budget)
 
     def __len__(self) -> int:
         return len(self.order)

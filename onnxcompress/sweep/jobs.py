@@ -210,7 +210,7 @@ def run_job(spec: JobSpec, cpus: int = 1, fault: Fault = None) -> dict[str, Any]
             fault(spec.id, name)
 
     try:
-        from ..evaluate.runner import session_threads
+        from ..runtime.session import session_threads
         from ..pipeline import convert
 
         cfg = spec.pipeline_config()

@@ -158,7 +158,7 @@ def distill_graph(teacher: onnx.ModelProto, student: onnx.ModelProto, train: Arr
     back into the student graph, which must then match the torch student in ORT. Returns (model, stats)."""
     import torch
 
-    from ..evaluate.runner import make_session
+    from ..runtime.session import make_session
     from .from_onnx import max_error, to_torch, write_back
 
     torch.manual_seed(cfg.seed)

@@ -136,7 +136,7 @@ def test_openvino_bench_side_by_side(two_models):
 @pytest.mark.skipif(not HAS_OPENVINO, reason="onnxruntime-openvino is not installed (.ci/openvino installs it in its own venv)")
 def test_openvino_validate_matches_cpu(tiny_model_path, tiny_data_path):
     """OpenVINO runs the FP32 model to float tolerance of the CPU EP (same data, same labels)."""
-    from onnxcompress.evaluate.runner import make_session, run_dataset
+    from onnxcompress.runtime.session import make_session, run_dataset
     from onnxcompress.data import input_specs, load_data
     from onnxcompress.io import load_model
 

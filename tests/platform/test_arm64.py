@@ -140,7 +140,7 @@ def test_fusion_audit_host_vs_target(target, tmp_path):
     on_arm = target.optimized_model(qm, CPU)  # the graph ORT writes on arm64 (optimized_model_filepath)
     arm_ops = [n.op_type for n in on_arm.graph.node]
     assert arm_ops.count("QLinearConv") == 3 and "Conv" not in arm_ops
-    from onnxcompress.evaluate.runner import make_session
+    from onnxcompress.runtime.session import make_session
 
     make_session(qm, optimized_path=str(tmp_path / "host_opt.onnx"))
     host_ops = [n.op_type for n in onnx.load(str(tmp_path / "host_opt.onnx")).graph.node]

@@ -5,7 +5,7 @@ from onnx import TensorProto, helper
 
 from conftest import make_data, run_ort, tiny_cnn
 from onnxcompress.data import Dataset, model_layout
-from onnxcompress.evaluate.runner import with_outputs
+from onnxcompress.runtime.session import with_outputs
 from onnxcompress.quant.calibrate import calibrate, reduced_model, tensors_to_calibrate
 
 

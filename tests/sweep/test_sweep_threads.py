@@ -1,8 +1,8 @@
-"""A job's sessions get the CPUs given to its worker as ORT intra-op threads (evaluate.runner.session_threads)."""
+"""A job's sessions get the CPUs given to its worker as ORT intra-op threads (runtime.session.session_threads)."""
 from __future__ import annotations
 
 from conftest import tiny_cnn
-from onnxcompress.evaluate.runner import default_threads, make_session, session_threads
+from onnxcompress.runtime.session import default_threads, make_session, session_threads
 
 
 def test_session_threads_is_scoped():

@@ -293,7 +293,7 @@ def latency_removal(planner: Planner, target: float, feed: Any, steps: int = 5, 
     target (Planner.removal), starting at `target` itself. Without a fitting candidate, the fastest one
     tried, with a warning skip. Timing on a busy machine is noisy: the record keeps every measurement."""
     from ...evaluate.bench import time_sessions
-    from ...evaluate.runner import make_session
+    from ...runtime.session import make_session
 
     say = progress or (lambda done, total, what: None)
     if feed is None:

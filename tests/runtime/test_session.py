@@ -1,11 +1,11 @@
-"""Direct tests of the runtime base (evaluate/runner.py): sessions, thread budgets, reading tensors, datasets."""
+"""Direct tests of the runtime base (runtime/session.py): sessions, thread budgets, reading tensors, datasets."""
 import numpy as np
 import onnxruntime as ort
 import pytest
 
 from onnxcompress.data import Dataset
 from onnxcompress.errors import InputError
-from onnxcompress.evaluate.runner import (default_threads, make_session, run_dataset, session_options,
+from onnxcompress.runtime.session import (default_threads, make_session, run_dataset, session_options,
                                           session_threads, with_outputs)
 
 from conftest import make_data, run_ort, tiny_cnn

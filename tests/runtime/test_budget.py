@@ -1,4 +1,4 @@
-"""The memory-budget planner (evaluate/budget.py): sizes, passes, batches; the flag and the config field."""
+"""The memory-budget planner (runtime/budget.py): sizes, passes, batches; the flag and the config field."""
 import numpy as np
 import onnx
 import pytest
@@ -9,7 +9,7 @@ from onnxcompress.cli import main
 from onnxcompress.config import DataConfig, PipelineConfig, from_dict, load_config, save_config
 from onnxcompress.data import Dataset, model_layout
 from onnxcompress.errors import ConfigError
-from onnxcompress.evaluate.budget import (ARENA, Pass, budget_of, measure, parse_budget, plan_passes, plan_reads,
+from onnxcompress.runtime.budget import (ARENA, Pass, budget_of, measure, parse_budget, plan_passes, plan_reads,
                                           working_set)
 from onnxcompress.evaluate.layers import layer_sqnr
 

@@ -234,7 +234,7 @@ def measure(model: onnx.ModelProto, feed: dict[str, np.ndarray], probe: Sequence
         sizes[name] = int(np.asarray(a).nbytes)
     unknown = [n for n in dict.fromkeys(probe) if sizes.get(n) is None]
     if unknown:
-        from .runner import make_session, run_feed, with_outputs
+        from .session import make_session, run_feed, with_outputs
 
         for i in range(0, len(unknown), PROBE_GROUP):
             names = unknown[i:i + PROBE_GROUP]
@@ -311,7 +311,7 @@ def read_tensors(models: Sequence[onnx.ModelProto], names: Sequence[Sequence[str
     (made here, dropped after the pass); yields (pass, feed, values) per run, values[m][j] = tensor
     names[m][pass.units[j]] of model m without padding rows. Runs follow data.feeds (batch axes, fixed batch)."""
     from ..data import feeds
-    from .runner import make_session, run_feed, with_outputs
+    from .session import make_session, run_feed, with_outputs
 
     plan = plan or plan_reads(models, names, data, batch_size, budget)
     opt = [optimize] * len(models) if isinstance(optimize, bool) else list(optimize)
