@@ -6,7 +6,7 @@
 Model and photos: benchmarks/real_cnn.py (EfficientNet-Lite0 from a PyPI wheel; Tux Paint's photo stamps from
 Debian). Every model is made by the CLI, as a user would (the commands are printed): `simplify`; (a) `prune
 --target-macs 0.7 -c TRAIN` (or `--ratio`, whichever this version offers) on <= 1000 unlabeled images; (b)
-`prune-distill --target-macs 0.7 --time-budget B`; `quantize -c TRAIN` of FP32, (a) and (b). Quality: top-1
+`prune-distill --student (a) --time-budget B` ((a) trained); `quantize -c TRAIN` of FP32, (a) and (b). Quality: top-1
 agreement with the FP32 model (and mean KL) on the held-out photos (no labels exist). Speed: batch 1, one
 thread, all models timed interleaved in one run (the machine may be shared: the load average is printed).
 """
@@ -29,7 +29,7 @@ import real_cnn  # noqa: E402
 
 from onnxcompress.config import BenchConfig, DataConfig, ImageConfig  # noqa: E402
 from onnxcompress.data import load_data, model_layout  # noqa: E402
-from onnxcompress.evaluate.runner import make_session, run_dataset  # noqa: E402
+from onnxcompress.runtime.session import make_session, run_dataset  # noqa: E402
 from onnxcompress.io import load_model  # noqa: E402
 from onnxcompress.pipeline import benchmark  # noqa: E402
 from onnxcompress.stats import count_params, macs_or_none  # noqa: E402
@@ -63,7 +63,9 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="bench_prune.py --real")
     ap.add_argument("--cache", default=str(ROOT.parent / "cache_real"), help="wheels, Debian package, photos, models")
     ap.add_argument("--target", type=float, default=0.7, help="fraction of MACs kept")
-    ap.add_argument("--calibration", type=int, default=1000, help="unlabeled images the ONNX pruner reads (<= 1000)")
+    ap.add_argument("--calibration", type=int, default=256,
+                    help="unlabeled images the ONNX pruner reads (<= 1000; its layer-by-layer refit reads them once per level)")
+    ap.add_argument("--pruned", help="a `prune` output to report as (a) instead of pruning now")
     ap.add_argument("--distilled", help="a prune-distill output to report as (b) instead of training now")
     ap.add_argument("--budget", default="30m", help="prune-distill --time-budget when (b) is trained now")
     ap.add_argument("--lr", default="3e-4")
@@ -86,8 +88,10 @@ def main(argv: list[str]) -> None:
     paths["fp32"] = fp32
 
     flags = prune_flags(args.target)
-    a = work / "pruned_a.onnx"
-    if flags:
+    a = Path(args.pruned) if args.pruned else work / "pruned_a.onnx"
+    if args.pruned:
+        paths["(a) pruned"] = a
+    elif flags:
         r = cli("prune", str(fp32), *flags, "-c", train, "--calibration-samples", str(args.calibration), *PRESET,
                 "-o", str(a))
         if a.exists() and r.returncode in (0, 1):
@@ -99,9 +103,11 @@ def main(argv: list[str]) -> None:
 
     b = Path(args.distilled) if args.distilled else work / "pruned_b.onnx"
     if not args.distilled:
-        cli("prune-distill", str(fp32), "--data", train, *PRESET, "--target-macs", str(args.target),
-            "--time-budget", args.budget, "--calibration-samples", str(args.calibration), "--batch-size", "32",
-            "--lr", args.lr, "--temperature", "1", "--checkpoint-dir", str(work / "checkpoints"), "-o", str(b))
+        start = ["--student", str(a)] if "(a) pruned" in paths else \
+            ["--target-macs", str(args.target), "--calibration-samples", str(args.calibration)]
+        cli("prune-distill", str(fp32), "--data", train, *PRESET, *start, "--time-budget", args.budget,
+            "--batch-size", "32", "--lr", args.lr, "--temperature", "1", "--checkpoint-dir", str(work / "checkpoints"),
+            "-o", str(b))
     if b.exists():
         paths["(b) distilled"] = b
 
