@@ -252,7 +252,8 @@ class Planner:
                 return {ctx.find(r) for r in chosen}, summary, stats
 
             result = remove_selected(self.model, pick, self.macs, progress or self.progress,
-                                     f"allocating to {target:.2f}x {self.unit} ({self.config.allocation})")
+                                     f"allocating to {target:.2f}x {self.unit} ({self.config.allocation})",
+                                     self.config.align)
             s = result.record.stats
             after = s.get("params_after") if self.unit == "params" else s.get("macs_after")
             if after is None or after <= target * self.before * (1 + 1e-9) or not chosen:

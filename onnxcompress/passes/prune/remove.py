@@ -190,24 +190,30 @@ def unchanged(model: onnx.ModelProto, name: str, error: str, macs: MacCounter = 
     return Removal(m, rec)
 
 
-def removal(model: onnx.ModelProto, exact: bool = True, name: str = "prune", macs: MacCounter = own_macs) -> Removal:
+ALIGN_KEPT = "a dead channel kept so that its layer's width stays a multiple of --align"
+
+
+def removal(model: onnx.ModelProto, exact: bool = True, name: str = "prune", macs: MacCounter = own_macs,
+            keep: frozenset = frozenset()) -> Removal:
     """remove_channels, also returning which channel positions each changed tensor kept. `macs` counts
-    the MACs before and after."""
+    the MACs before and after. `keep`: dead roots (of an analysis of the same graph) left in place."""
     try:
-        return _removal(model, exact, name, macs)
+        return _removal(model, exact, name, macs, keep)
     except OnnxCompressError:
         raise
     except Exception as exc:  # noqa: BLE001 - see `unchanged`
         return unchanged(model, name, f"{type(exc).__name__}: {exc}", macs)
 
 
-def _removal(model: onnx.ModelProto, exact: bool, name: str, macs: MacCounter) -> Removal:
+def _removal(model: onnx.ModelProto, exact: bool, name: str, macs: MacCounter, keep: frozenset = frozenset()) -> Removal:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     rec = PassRecord(name)
     rec.stats["params_before"] = count_params(model)
     rec.stats["macs_before"] = macs(model)
     ctx = analyze(m, exact)
+    if keep:
+        ctx.block(np.array(sorted(keep), dtype=np.int64), "alignment", ALIGN_KEPT)
     removable, reasons = dead_groups(ctx)
     all_roots = {ctx.find(i) for i in range(len(ctx.parent))}
     rec.stats["groups_total"] = len(all_roots)

@@ -138,18 +138,20 @@ def structured_removal(model: onnx.ModelProto, ratio: float, criterion: str = "l
         chosen, summary = select(ctx, ratio, criterion, scope, align, min_channels, acts)
         return chosen, summary, {"ratio": ratio, "criterion": criterion, "scope": scope}
 
-    return remove_selected(model, pick, macs, progress, f"scoring layers ({criterion}, {scope})")
+    return remove_selected(model, pick, macs, progress, f"scoring layers ({criterion}, {scope})", align)
 
 
 Picker = Callable[[ChannelContext], tuple[set[int], dict[str, dict], dict]]  # ctx -> (roots, layer summary, stats)
 
 
 def remove_selected(model: onnx.ModelProto, pick: Picker, macs: MacCounter = own_macs, progress: Progress = None,
-                    what: str = "choosing channels") -> Removal:
+                    what: str = "choosing channels", align: int = 1) -> Removal:
     """Analyse, let `pick` choose the roots to prune (on that analysis), zero them and remove them. The
-    channel ids of every analysis of the same model agree, so a picker may use ids found earlier."""
+    channel ids of every analysis of the same model agree, so a picker may use ids found earlier.
+    `align`: dead channels the model came with are removed only where their layer's width stays a
+    multiple of it (see aligned_dead)."""
     try:
-        return _remove_selected(model, pick, macs, progress or _quiet, what)
+        return _remove_selected(model, pick, macs, progress or _quiet, what, align)
     except OnnxCompressError:
         raise
     except Exception as exc:  # noqa: BLE001 - the safety net of remove.unchanged
@@ -193,8 +195,28 @@ def _zero_removable(m: onnx.ModelProto, ctx: ChannelContext, chosen: set[int], w
     return chosen, lost_all
 
 
+def aligned_dead(ctx: ChannelContext, chosen: set[int], dead: set[int], align: int) -> set[int]:
+    """Dead roots (all-zero weights in the model as it came) that removal would take besides `chosen`, in
+    the layers where that would leave the width off a multiple of `align`: those stay (exact either way).
+    Why: EfficientNet-Lite0 ships five all-zero depthwise channels; removing them made widths 31/143/479/
+    1151 and the 0.7x-MACs model ran at 0.91x FP32 speed (ORT's blocked kernels lose their alignment)."""
+    extra = dead - chosen
+    if align <= 1 or not extra:
+        return set()
+    producers: dict[int, set] = defaultdict(set)
+    for node, _w, ids in ctx.producers:
+        for r in ctx.roots(ids).tolist():
+            producers[r].add(node.name or node.output[0])
+    keep: set[int] = set()
+    for roots in layers_of({r: frozenset(p) for r, p in producers.items()}).values():
+        mine = extra.intersection(roots)
+        if mine and (len(roots) - len(chosen.intersection(roots)) - len(mine)) % align:
+            keep |= mine
+    return keep
+
+
 def _remove_selected(model: onnx.ModelProto, pick: Picker, macs: MacCounter, progress: Callable[[int, int, str], None],
-                     what: str) -> Removal:
+                     what: str, align: int = 1) -> Removal:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     progress(0, 3, f"analysing channel groups of {len(m.graph.node)} nodes")
@@ -202,13 +224,15 @@ def _remove_selected(model: onnx.ModelProto, pick: Picker, macs: MacCounter, pro
     progress(1, 3, what)
     chosen, summary, stats = pick(ctx)
     dead, _ = dead_groups(ctx)  # removed with the chosen ones: conflicts depend on the whole set
+    keep = aligned_dead(ctx, chosen, dead, align)
+    dead -= keep
     refused = chosen - resolve_conflicts(ctx, dead | chosen)
     chosen -= refused
     why = {ctx.find(i): reason for i, reason in ctx.blocked.items()}
     chosen, lost = _zero_removable(m, ctx, chosen, why)
     refused |= lost
     progress(2, 3, f"removing {len(chosen)} channel groups")
-    result = removal(m, exact=False, macs=macs)
+    result = removal(m, exact=False, macs=macs, keep=frozenset(keep))
     rec = result.record
     failed = next((s for s in rec.skipped if s.reason.startswith(INTERNAL)), None)
     if failed is not None:  # not the zeroed-but-kept model: the input as it was
