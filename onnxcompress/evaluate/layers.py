@@ -19,15 +19,20 @@ from .compare import sqnr
 def shared_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     """ref tensor -> (tensor to read in cand, producing op in ref), for outputs of ref's nodes."""
     cand_out = {o for n in cand.graph.node for o in n.output}
-    q_of = {n.input[0]: n.output[0] for n in cand.graph.node if n.op_type == "QuantizeLinear"}
-    dq_of = {n.input[0]: n.output[0] for n in cand.graph.node if n.op_type == "DequantizeLinear"}
+    # a Q -> DQ pair stands for the tensor only when both use the same scale and zero point: quant's
+    # fold_scalar_requant quantizes a Mul straight to the grid after a following /6 (hardswish), and that DQ
+    # holds x / 6 (it read as 1.58 dB = a 6x factor on every hardswish); then the float tensor is read
+    q_of = {n.input[0]: (n.output[0], tuple(n.input[1:])) for n in cand.graph.node if n.op_type == "QuantizeLinear"}
+    dq_of = {n.input[0]: (n.output[0], tuple(n.input[1:])) for n in cand.graph.node if n.op_type == "DequantizeLinear"}
     pairs = {}
     for n in ref.graph.node:
         if n.op_type == "Constant":
             continue
         for o in n.output:
             if o in cand_out:
-                seen = dq_of.get(q_of.get(o, ""), o)  # the dequantized value when the tensor is quantized
+                q, dq = q_of.get(o), None
+                dq = dq_of.get(q[0]) if q is not None else None
+                seen = dq[0] if dq is not None and dq[1] == q[1] else o  # the dequantized value when quantized
                 pairs[o] = (seen, n.op_type)
     return pairs
 
