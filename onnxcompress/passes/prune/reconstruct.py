@@ -332,8 +332,8 @@ def _output_errors(original: onnx.ModelProto, pruned: onnx.ModelProto, rebuilt: 
             if not np.issubdtype(np.asarray(r).dtype, np.floating):
                 continue
             ref_sq[j] += float(np.sum(r64 * r64))
-            for i, c in enumerate(cands):
-                err[i, j] += float(np.sum((np.asarray(c, dtype=np.float64) - r64) ** 2))
+            for i, outs in enumerate(cands):  # outs: that model's outputs, in `names` order
+                err[i, j] += float(np.sum((np.asarray(outs[j], dtype=np.float64) - r64) ** 2))
     rel = err / np.maximum(ref_sq, 1e-30)
     return float(rel[0].sum()), float(rel[1].sum())
 

@@ -206,3 +206,26 @@ def test_a_depthwise_whose_kept_inputs_did_not_move_is_left_as_it_is():
     layers = rec.stats["reconstruct"]["layers"]
     assert layers["dw"]["steps"] == [] and layers["conv2"]["steps"] == ["refit"]
     onnx.checker.check_model(pruned, full_check=True)
+
+
+def test_output_errors_pairs_each_output_with_its_own_reference():
+    """Two outputs of different shapes (a detector's scores and boxes): each error is against its own output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxcompress.data import Dataset, feeds
+    from onnxcompress.passes.prune.reconstruct import _output_errors
+
+    def net(k: float) -> onnx.ModelProto:
+        g = helper.make_graph(
+            [helper.make_node("Mul", ["x", "k"], ["a"]), helper.make_node("ReduceSum", ["x"], ["b"], keepdims=0)],
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+            [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
+             helper.make_tensor_value_info("b", TensorProto.FLOAT, [])],
+            [numpy_helper.from_array(np.array(k, np.float32), "k")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    original = net(1.0)
+    runs = list(feeds(Dataset([{"x": x}], None, "t"), 2, None, original))
+    before, after = _output_errors(original, net(2.0), net(1.0), runs)
+    assert after == 0.0 and before == 1.0  # output a doubled: MSE = its mean square; b unchanged
