@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 import onnx
 
-from ..runtime.session import make_session
+from ..runtime.session import make_session, session_options
 from ..stats import node_macs, shapes_or_none
 
 COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -125,9 +125,7 @@ def _profile(model: onnx.ModelProto, feed: dict, runs: int) -> tuple[dict[str, f
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="onnxcompress-prof-") as d:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+        opts = session_options(threads=1)  # one thread: per-node times comparable between the two models
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(d) / "prof")
         opts.optimized_model_filepath = str(Path(d) / "opt.onnx")

@@ -327,9 +327,10 @@ def max_error(model: onnx.ModelProto, module: OnnxModule, feeds: dict[str, np.nd
     import torch
 
     if session_factory is None:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        from ..runtime.session import session_options
+
+        sess = ort.InferenceSession(model.SerializeToString(), session_options(optimize=False),
+                                    providers=["CPUExecutionProvider"])
     else:
         sess = session_factory(model)
     ref = sess.run(None, feeds)
