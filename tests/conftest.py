@@ -10,6 +10,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 
+@pytest.fixture(autouse=True)
+def _host_cpu_pinned(monkeypatch):
+    """`--target auto` reads /proc/cpuinfo: on a CPU without VNNI it picks 7-bit weights (reduce_range), which moves
+    every quantized number. Tests pin the detection to a VNNI CPU so their results do not depend on the host; the
+    detection and the per-CPU choices are tested on their own (tests/quant/test_target.py, which unpins it)."""
+    from onnxcompress.quant import target
+
+    monkeypatch.setattr(target, "detect_target", lambda: "vnni")
+
+
 def tiny_cnn(seed: int = 0, batch="N", channels: int = 8) -> onnx.ModelProto:
     """input[N,1,8,8] -> Conv(ch,3x3,pad1) -> Relu -> Conv(ch,3x3) -> Relu -> GAP -> Flatten -> Gemm(3)."""
     rng = np.random.default_rng(seed)
