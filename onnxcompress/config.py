@@ -84,6 +84,9 @@ class PruneConfig:
     max_layer_fraction: float = 0.75  # per-layer floor: never prune more of one layer than this
     max_drop: Optional[float] = None  # with validation data: search the largest reduction within this drop
     search_steps: int = 5  # bisection steps of that search
+    # a target is reached in steps removing at most this share of the original each (prune -> refit ->
+    # measure again on the refit model; passes/prune/iterative.py); 0: in one step
+    step: float = 0.0
 
     def validate(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -105,6 +108,8 @@ class PruneConfig:
             raise ConfigError(f"sensitivity_rounds {self.sensitivity_rounds} is out of range; use 1 or 2")
         if not 0.0 < self.max_layer_fraction < 1.0 or self.sensitivity_samples < 1 or self.search_steps < 1:
             raise ConfigError("max_layer_fraction must be in (0, 1), sensitivity_samples and search_steps >= 1")
+        if not 0.0 <= self.step < 1.0:
+            raise ConfigError(f"prune step {self.step} is out of range; use a share of the original in [0, 1), 0: one step")
         if self.max_drop is not None and not 0.0 <= self.max_drop <= 100.0:
             raise ConfigError(f"prune max_drop {self.max_drop} is out of range; use points in [0, 100]")
         _choice("criterion", self.criterion, ("l1", "l2", "bn_scale", "activation", "activation_l2"))

@@ -40,6 +40,9 @@ from .inspect import StepPrinter, input_shape_option
               "so far is written; none within it exits 1.")
 @click.option("--search-steps", type=int, default=PruneConfig.search_steps, show_default=True,
               help="Bisection steps of the --max-drop search.")
+@click.option("--step", type=float, default=PruneConfig.step, show_default=True,
+              help="With a target and -c: reach it in steps removing at most this share of the original each, every "
+              "step refit and the next one measured on the refit model (0: one step).")
 @click.option("--criterion", "--score", "criterion",
               type=click.Choice(["l1", "l2", "bn_scale", "activation", "activation_l2"]), default=PruneConfig.criterion,
               show_default=True, help="How channels are ranked within a layer: weight norms, BN scale, or mean |activation| "
@@ -66,7 +69,7 @@ from .inspect import StepPrinter, input_shape_option
 @json_option
 @handle_errors
 def prune_cmd(model, output, ratio, zeroed_only, target_macs, target_params, target_latency, allocation, damage,
-              sensitivity_samples, sensitivity_rounds, max_layer_fraction, max_drop, search_steps, criterion, scope, align,
+              sensitivity_samples, sensitivity_rounds, max_layer_fraction, max_drop, search_steps, step, criterion, scope, align,
               min_channels, calibration, calibration_samples, validation, task, gate_exprs, input_shape, verbose, as_json,
               input_layout, data_flags):
     """Physically remove channels from MODEL: dead ones exactly, or the weakest at --ratio. The result's task
@@ -86,7 +89,7 @@ def prune_cmd(model, output, ratio, zeroed_only, target_macs, target_params, tar
                       allocation=allocation, damage=damage,
                       sensitivity_samples=sensitivity_samples, sensitivity_rounds=sensitivity_rounds,
                       max_layer_fraction=max_layer_fraction, max_drop=max_drop,
-                      search_steps=search_steps)
+                      search_steps=search_steps, step=step)
     cfg.validate()
     if max_drop is not None and not validation:
         raise InputError("--max-drop searches against validation data; pass -v VAL")

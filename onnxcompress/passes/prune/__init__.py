@@ -12,6 +12,7 @@ from ...data import example_feed
 from ...stats import count_params, macs_or_none
 from ..base import PassRecord
 from .allocate import Planner, latency_removal, targeted_removal
+from .iterative import iterative_removal
 from .reconstruct import Batches, Reconstruction, reconstruct
 from .remove import analyze, remove_channels, removal
 from .sensitivity import activation_scores, calibration_runs
@@ -58,6 +59,12 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, calibration: Option
         if config.target_latency is not None:
             planner = planner or Planner(model, config, calibration, macs, feed, input_shapes, say)
             result = latency_removal(planner, config.target_latency, feed, config.search_steps, say)
+        elif target is not None and planner is None and config.step > 0 and 1 - target > config.step + 1e-9 \
+                and calibration is not None and config.reconstruct:
+            result, pruned = iterative_removal(model, config, target, calibration, macs, feed, input_shapes, say)
+            if notes:
+                result.record.stats["macs_note"] = notes[0]
+            return pruned, result.record  # each step was refit (iterative.py)
         elif target is not None:
             planner = planner or Planner(model, config, calibration, macs, feed, input_shapes, say)
             result = planner.removal(target)
