@@ -61,7 +61,7 @@ class Net:
             [onnx.ValueInfoProto(name=n) for n in outputs],
             [numpy_helper.from_array(v, n) for n, v in self.inits.items()])
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-        m.ir_version = 8
+        m.ir_version = 8 if opset <= 18 else 9
         m = onnx.shape_inference.infer_shapes(m)  # the outputs' types
         del m.graph.value_info[:]
         onnx.checker.check_model(m, full_check=True)
@@ -123,9 +123,10 @@ def test_registry_covers_the_documented_ops_with_one_handler_each():
 
 
 def test_registering_an_op_twice_is_refused():
+    relu = HANDLERS["Relu"]
     with pytest.raises(ValueError, match="registered twice"):
         register("Relu")(type("Again", (Handler,), {}))
-    assert type(HANDLERS["Relu"]).__name__ == "Unary"
+    assert HANDLERS["Relu"] is relu
 
 
 def test_attribute_helpers_and_names():
