@@ -67,6 +67,19 @@ def test_distill_moves_the_pruned_graph_towards_the_teacher_and_writes_it_back(t
     np.testing.assert_allclose(got, run_ort(out, val)[0], rtol=1e-5, atol=1e-5)
 
 
+def test_never_returns_a_student_worse_than_its_start_on_the_held_out_data():
+    """A student equal to its teacher (100% agreement, KL 0) trained at a destructive learning rate: every
+    evaluated state is worse, so the start state is the one written back, weight for weight."""
+    teacher = tiny_cnn(channels=16)
+    cfg = TrainConfig(enabled=True, epochs=2, batch_size=32, lr=5.0, temperature=1.0, augment=False, evaluations=2)
+    out, stats = distill_graph(teacher, teacher, _data(), _data(48, 1), cfg)
+    assert stats["start_agreement"] == 100.0 and stats["best_agreement"] == 100.0
+    assert any(h["val_kl"] > 0 for h in stats["history"][1:])  # training did move it (and was worse)
+    before = {i.name: onnx.numpy_helper.to_array(i) for i in teacher.graph.initializer}
+    for i in out.graph.initializer:
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(i), before[i.name])
+
+
 def test_time_budget_stops_training(tmp_path):
     teacher = tiny_cnn(channels=16)
     cfg = TrainConfig(enabled=True, epochs=10**6, batch_size=16, time_budget=1.0, augment=False, evaluations=2)
