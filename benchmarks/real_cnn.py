@@ -14,6 +14,15 @@ tools... (ImageNet-like objects, 260 of them). They are split by a hash of the f
   train/    1000 composites of the other stamps (photos and drawings) on plain or noisy backgrounds,
             at random scale and position: unlabeled calibration and distillation data.
 No labels: quality is agreement with the FP32 model's top-1 on the held-out photos.
+
+Distillation data (build_distill): more varied unlabeled photographs, the desktop wallpapers Debian ships
+(plasma-workspace-wallpapers, mate-backgrounds, gnome-backgrounds: landscapes, animals, plants, abstracts;
+`apt-get download`), as random crops (a tenth to 0.6 of the short side, flipped) next to fresh composites of
+the training stamps. Both are split again by a hash of the source's name, so the state distillation keeps is
+chosen on source images it never trained on (never on heldout/, which only the table reads):
+  distill/  composites of the training stamps not in val, crops of the wallpapers not in val;
+  val/      the photo stamps split off the training pool (on white and mirrored on grey, like heldout/)
+            and crops of the other wallpapers.
 """
 from __future__ import annotations
 
@@ -190,4 +199,110 @@ def build_photos(cache: Path, train_n: int = 1000, log=print) -> dict[str, Path]
     (out / "done").write_text(f"{len(held)} held-out photos (x2 views), {len(train_pool)} training stamps "
                               f"({len(photos) - len(held)} photos), {train_n} composites\n")
     log(f"photos: {(out / 'done').read_text().strip()}")
+    return folders
+
+
+WALLPAPER_DEBS = ("plasma-workspace-wallpapers", "mate-backgrounds", "gnome-backgrounds")
+
+
+def _split(name: str, salt: str, every: int) -> bool:
+    return int(hashlib.sha256((salt + name).encode()).hexdigest()[:8], 16) % every == 0
+
+
+def wallpapers(cache: Path, log=print) -> list[Path]:
+    """One file per distinct wallpaper (the largest of a Plasma package's sizes), photos and detailed
+    artwork only (>= 150 distinct colours on a 128x128 thumbnail)."""
+    from PIL import Image
+
+    root = cache / "debian" / "wallpapers"
+    if not root.exists():
+        dl = cache / "debian"
+        dl.mkdir(parents=True, exist_ok=True)
+        missing = [d for d in WALLPAPER_DEBS if not list(dl.glob(f"{d}_*.deb"))]
+        if missing:
+            log("apt-get download " + " ".join(missing))
+            subprocess.run(["apt-get", "download", *missing], cwd=dl, check=True, capture_output=True, timeout=900)
+        tmp = root.with_suffix(".part")
+        for d in WALLPAPER_DEBS:
+            subprocess.run(["dpkg-deb", "-x", str(sorted(dl.glob(f"{d}_*.deb"))[0]), str(tmp)], check=True)
+        tmp.replace(root)
+    files = [p for p in sorted(root.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")
+             and p.is_file() and not p.is_symlink()]
+    groups: dict[str, list[Path]] = {}
+    for p in files:  # a Plasma wallpaper: NAME/contents/images[_dark]/WxH.ext
+        key = str(p.parent) if p.parent.name.startswith("images") else str(p)
+        groups.setdefault(key, []).append(p)
+    out = []
+    for key, ps in sorted(groups.items()):
+        best = max(ps, key=lambda q: q.stat().st_size)
+        im = Image.open(best)
+        if min(im.size) < 900:
+            continue
+        im.draft("RGB", (im.size[0] // 8, im.size[1] // 8))
+        a = np.asarray(im.convert("RGB").resize((128, 128))).astype(np.int64) // 4
+        if len(np.unique(a[..., 0] * 4096 + a[..., 1] * 64 + a[..., 2])) >= 150:
+            out.append(best)
+    return out
+
+
+def _crops(path: Path, n: int, rng: np.random.Generator, folder: Path, tag: str) -> None:
+    from PIL import Image
+
+    im = Image.open(path).convert("RGB")
+    im.thumbnail((2048, 2048), Image.BILINEAR)
+    w, h = im.size
+    for i in range(n):
+        side = int(min(w, h) * rng.uniform(0.1, 0.6))
+        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        c = im.crop((x, y, x + side, y + side)).resize((256, 256), Image.BILINEAR)
+        if rng.random() < 0.5:
+            c = c.transpose(Image.FLIP_LEFT_RIGHT)
+        c.save(folder / f"w{tag}_{i:03d}.jpg", quality=92)
+
+
+def build_distill(cache: Path, composites: int = 1000, crops: int = 1400, val_crops: int = 120,
+                  log=print) -> dict[str, Path]:
+    """CACHE/photos/{distill,val} (built once; module doc). Returns the two folders."""
+    out = cache / "photos"
+    folders = {"distill": out / "distill", "val": out / "val"}
+    if (out / "distill_done").exists():
+        return folders
+    from PIL import Image
+
+    stamps = sorted(p for p in _stamps(cache, log).rglob("*.png") if "_thumb" not in p.name)
+    photos, others = [], []
+    for p in stamps:
+        im = _rgba(p)
+        if min(im.size) < 96 or _held_out(p):
+            continue
+        (photos if _is_photo(im) else others).append(p)
+    val_stamps = [p for p in photos if _split(p.name, "val", 4)]
+    pool = [p for p in photos + others if p not in set(val_stamps)]
+    walls = wallpapers(cache, log)
+    val_walls = [p for p in walls if _split(str(p.relative_to(cache)), "val", 5)]
+    train_walls = [p for p in walls if p not in set(val_walls)]
+    for f in folders.values():
+        f.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(val_stamps):
+        im = _rgba(p)
+        _on(Image.new("RGB", (320, 320), (255, 255, 255)), im, 0.9, (0.5, 0.5), False).save(
+            folders["val"] / f"s{i:03d}a_{p.stem}.jpg", quality=92)
+        _on(Image.new("RGB", (320, 320), (200, 200, 200)), im, 0.7, (0.5, 0.5), True).save(
+            folders["val"] / f"s{i:03d}b_{p.stem}.jpg", quality=92)
+    rng = np.random.default_rng(1)
+    for i, p in enumerate(val_walls):
+        _crops(p, -(-val_crops // max(len(val_walls), 1)), rng, folders["val"], f"{i:02d}")
+    for i, p in enumerate(train_walls):
+        _crops(p, -(-crops // max(len(train_walls), 1)), rng, folders["distill"], f"{i:02d}")
+    weights = np.array([3.0 if p in set(photos) else 1.0 for p in pool])
+    weights /= weights.sum()
+    for i in range(composites):
+        p = pool[int(rng.choice(len(pool), p=weights))]
+        img = _on(_background(rng, 320), _rgba(p), float(rng.uniform(0.45, 1.0)),
+                  (float(rng.random()), float(rng.random())), bool(rng.random() < 0.5))
+        img.save(folders["distill"] / f"c{i:04d}_{p.stem}.jpg", quality=92)
+    (out / "distill_done").write_text(
+        f"distill: {composites} composites of {len(pool)} stamps + crops of {len(train_walls)} wallpapers; "
+        f"val: {len(val_stamps)} stamp photos x 2 views + crops of {len(val_walls)} wallpapers\n")
+    log((out / "distill_done").read_text().strip())
     return folders
