@@ -14,6 +14,9 @@ from onnxcompress.quant.audit import INT8_KERNELS, audit, fp32_layer_times
 from onnxcompress.quant.qdq import quantize
 
 torch = pytest.importorskip("torch")
+# 7-bit weights: ORT's optimized int8 kernels match the reference on every x86 CPU (with 8-bit weights, AVX2 without
+# VNNI saturates 16-bit sums: the optimized-session comparison below failed on such a host with conftest's VNNI pin)
+HOST_SAFE = "avx2"
 
 
 def _hswish(x):
@@ -74,7 +77,7 @@ def test_hardswish_div_is_folded_into_the_quantize_scale(tmp_path):
     m = mbv3_block(tmp_path)
     divs = len(_by_op(m, "Div"))
     assert divs == 3 and any(n.op_type == "Clip" for n in m.graph.node)  # the written-out hardswish
-    q, rec = quantize(m, _data(), QuantConfig(mode="static"))
+    q, rec = quantize(m, _data(), QuantConfig(mode="static", target=HOST_SAFE))
     # every hardswish's "/ 6" sat between a DequantizeLinear and a QuantizeLinear: folded into the scale
     assert rec.stats["scalar_requant_folded"] == divs and _by_op(q, "Div") == []
     a = audit(q)
@@ -88,7 +91,7 @@ def test_convs_kept_fp32_stay_fp32_and_their_neighbours_stay_int8(tmp_path):
     convs = _by_op(m, "Conv")
     dw = next(n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute))
     se2 = next(n.name for n in convs if n.input[0] in {r.output[0] for r in _by_op(m, "Relu")})  # SE's second conv
-    q, _ = quantize(m, _data(), QuantConfig(mode="static", exclude=(dw, se2)))
+    q, _ = quantize(m, _data(), QuantConfig(mode="static", exclude=(dw, se2), target=HOST_SAFE))
     prod = {o: n for n in q.graph.node for o in n.output}
     inits = {i.name for i in q.graph.initializer}
     nodes = {n.name: n for n in q.graph.node}
