@@ -138,10 +138,17 @@ def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, work
         choice = dataclasses.replace(choice, per_channel=False, why=f"{choice.why}; {why}")
         notes.append(why)
     mode = ("static" if calibration is not None else "dynamic") if config.mode == "auto" else config.mode
+    hardswish = None
+    if mode == "static" and not is_big(model):  # ORT has no int8 HardSwish: see quant/rewrite.py
+        from .rewrite import write_out_hardswish
+
+        model, hardswish = write_out_hardswish(model, frozenset(config.exclude))
     pre_path, done = _preprocess(model, workdir, notes)
     big = is_big(model)
     prep = Prepared(onnx.load(str(pre_path), load_external_data=not big), pre_path if big else None, choice, mode)
     prep.notes = notes
+    if hardswish is not None and hardswish.changed:
+        prep.records.append(hardswish)
     if not big:
         from .fold import flat_gemm_bias, fold_conv_affine
 
