@@ -13,11 +13,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_ort
 from onnxcompress.passes.prune import remove_zeroed_channels
-from onnxcompress.passes.prune.graph import Channels
-from onnxcompress.passes.prune.handlers import (HANDLERS, Handler, add_initializer, attr, describe, register,
-                                                set_attr)
-from onnxcompress.passes.prune.remove import analyze
+from onnxcompress.passes.prune.handlers import HANDLERS, Handler, register  # the extension point (architecture.md)
 from onnxcompress.passes.prune.structured import structured_removal
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    a = next((a for a in node.attribute if a.name == name), None)
+    return default if a is None else helper.get_attribute_value(a)
 
 
 class Net:
@@ -130,29 +132,23 @@ def test_registering_an_op_twice_is_refused():
 
 
 def test_attribute_helpers_and_names():
+    from onnxcompress.passes.prune.handlers import attr as handler_attr, describe, set_attr
+
     n = helper.make_node("Conv", ["x", "w"], ["y"], name="c1", group=2, pads=[1, 1, 1, 1])
-    assert attr(n, "group") == 2 and attr(n, "pads") == [1, 1, 1, 1] and attr(n, "strides", [1, 1]) == [1, 1]
+    assert handler_attr(n, "group") == 2 and handler_attr(n, "pads") == [1, 1, 1, 1]
+    assert handler_attr(n, "strides", [1, 1]) == [1, 1]
     set_attr(n, "group", 4)
     set_attr(n, "auto_pad", "VALID")
-    assert attr(n, "group") == 4 and [a.name for a in n.attribute].count("group") == 1
-    assert attr(n, "auto_pad") == b"VALID"
-    assert describe(n) == "Conv 'c1'"
+    assert handler_attr(n, "group") == 4 and [a.name for a in n.attribute].count("group") == 1
+    assert handler_attr(n, "auto_pad") == b"VALID"
+    assert describe(n) == "Conv 'c1'"  # how skip reasons name nodes (report.json): a refactor keeps it
     assert describe(helper.make_node("Relu", ["a"], ["b"])) == "Relu 'b'"  # unnamed: named by its output
-
-
-def test_add_initializer_makes_names_unique():
-    net = Net()
-    y = net.conv("x", "c", 4, 4)
-    ctx = analyze(net.model({"x": [1, 4, 6, 6]}, [y]))
-    a = add_initializer(ctx, "c_w", np.ones(3, np.float32))  # taken by the conv's weight
-    b = add_initializer(ctx, "c_w", np.zeros(2, np.float32))
-    assert len({a, b, "c_w"}) == 3
-    np.testing.assert_array_equal(ctx.index.const(a), np.ones(3))
-    np.testing.assert_array_equal(ctx.index.const(b), np.zeros(2))
 
 
 def test_unhandled_op_blocks_and_a_registered_handler_unblocks(monkeypatch):
     """The extension point of docs/architecture.md: a Handler subclass registered for an op type."""
+    from onnxcompress.passes.prune.graph import Channels
+
     net = Net()
     h = net.op("Relu", [net.conv("x", "c1", 4, 6)], "r1")
     s = net.op("Softsign", [h], "s")

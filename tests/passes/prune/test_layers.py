@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from onnxcompress.passes.prune import remove_zeroed_channels
-from onnxcompress.passes.prune.handlers import attr
 
-from .test_handlers import Net, image, init, reasons, same_outputs, set_init, shape, zero
+from .test_handlers import Net, attr, image, init, reasons, same_outputs, set_init, shape, zero
 
 F = np.float32
 
