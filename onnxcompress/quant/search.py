@@ -221,15 +221,31 @@ def slow_candidates(model: onnx.ModelProto, q: onnx.ModelProto, mode: str, data:
     return slow_layers(q, example_feed(data, 1, model), reference=model if fp32_ms >= PER_LAYER_MIN_MS else None)
 
 
-def candidate_sets(slow: list[dict]) -> list[list[dict]]:
-    """What the speed guard tries in FP32, in turn: every slow layer; then, when several are slower than their FP32
-    layer, only the worse half of those (each layer kept FP32 between int8 neighbours costs a DQ and a Q, and
-    layout changes: many small deficits can cost more than they save; measured on a PP-OCR detector)."""
+MATERIAL_LOSS = 0.01  # of the FP32 model's latency: a layer losing less is not worth the Q/DQ and layout changes
+# keeping it FP32 costs (ppocr_v6_tiny_det: 83 candidates, all kept FP32 was not faster; 4 convs at full resolution
+# (3- and 4-channel inputs, a depthwise 5x5) lost 8 ms of its 85)
+
+
+def _loss_us(r: dict) -> float:
+    """What a slow layer costs over FP32 per run: int8 kernel + Q/DQ - FP32 layer; for an island or Q/DQ-bound layer,
+    its Q/DQ."""
+    return r["kernel_us"] + r["qdq_us"] - r["fp32_us"] if "fp32_us" in r else r.get("qdq_us", 0.0)
+
+
+def candidate_sets(slow: list[dict], fp32_ms: Optional[float] = None) -> list[list[dict]]:
+    """What the speed guard tries in FP32, in turn: with the FP32 latency, first only the layers that lose a material
+    share of it (MATERIAL_LOSS), when that is fewer than all; every slow layer; then, when several are slower than
+    their FP32 layer, only the worse half of those (each layer kept FP32 between int8 neighbours costs a DQ and a Q,
+    and layout changes: many small deficits can cost more than they save; measured on PP-OCR detectors)."""
     sets = [list(slow)]
     vs_fp32 = [r for r in slow if "fp32_us" in r]
     if len(vs_fp32) >= 2:
-        worst = sorted(vs_fp32, key=lambda r: -(r["kernel_us"] + r["qdq_us"] - r["fp32_us"]))[: len(vs_fp32) // 2]
+        worst = sorted(vs_fp32, key=lambda r: -_loss_us(r))[: len(vs_fp32) // 2]
         sets.append([r for r in slow if "fp32_us" not in r] + worst)
+    if fp32_ms is not None:
+        material = [r for r in slow if _loss_us(r) >= MATERIAL_LOSS * fp32_ms * 1000.0]
+        if material and all(len(material) < len(s) for s in sets):
+            sets.insert(0, material)
     return sets
 
 
@@ -247,7 +263,7 @@ def speed_guard(model, q, rec, calibration, validation, config, measure: Measure
         say(f"speed: int8 is {speed['speedup']:.2f}x FP32 at batch 1; looking for layers that are slower in int8")
         slow = slow_candidates(model, q, mode, data if data is not None else _random(model, input_layout), lat["fp32"])
         speed["slow_layers"] = slow
-        for layers in candidate_sets(slow) if slow else []:
+        for layers in candidate_sets(slow, lat["fp32"]) if slow else []:
             retry = _requantize(model, calibration, validation, rec, config, list(layers))
             if retry is None:
                 break

@@ -85,6 +85,11 @@ def test_candidate_sets_try_all_then_the_worse_half():
     assert [r["node"] for r in sets[0]] == ["island", "c0", "c1", "c2", "c3"]
     assert [r["node"] for r in sets[1]] == ["island", "c3", "c2"]
     assert candidate_sets(rows[:2]) == [rows[:2]]
+    # with the FP32 latency (1 ms): first only the layers losing >= 1% of it (c3: 13 - 5 = 8 us; c2 7 us, island 0)
+    sets = candidate_sets(rows, fp32_ms=0.8)
+    assert [r["node"] for r in sets[0]] == ["c3"] and [[r["node"] for r in s] for s in sets[1:]] == [
+        ["island", "c0", "c1", "c2", "c3"], ["island", "c3", "c2"]]
+    assert len(candidate_sets(rows, fp32_ms=0.1)) == 2  # every layer material: nothing smaller to try first
 
 
 class Clock:
