@@ -230,3 +230,30 @@ def test_the_warning_says_which_kinds_of_layer_are_slower_in_int8():
     assert text == ("; 3 layers slower in int8 than in FP32 here (1 depthwise Conv, 1 Conv on 3 input channels, 1 Mul): "
                     "keeping them FP32 was not faster")
     assert _slow_summary(_dw_net(), [], kept=False) == ""
+
+
+def test_latencies_stop_early_only_when_two_slices_agree(monkeypatch):
+    """Timing stops before its budget only when two 0.5 s slices in a row, each on its own runs, put the models in the
+    same clear order; slices that disagree (a loaded machine) run to the budget (injected run times, no clock)."""
+    import onnxcompress.quant.search as search
+    from onnxcompress.evaluate.bench import Timing
+
+    def slices(pattern):
+        calls = []
+
+        def fake(sessions, feeds, warmup=0, time_budget=None, **_kw):
+            a, b = pattern[len(calls) % len(pattern)]
+            calls.append(time_budget)
+            out = {k: Timing(k) for k in sessions}
+            out["a"].times_ms, out["b"].times_ms = [a] * 10, [b] * 10
+            return out
+        return fake, calls
+
+    m, d = tiny_cnn(), Dataset([{"input": make_data(2)["input"]}], None, "t")
+    fake, calls = slices([(1.0, 2.0)])
+    monkeypatch.setattr(search, "time_sessions", fake)
+    assert search._latencies({"a": m, "b": m}, d, seconds=3.0) == {"a": 1.0, "b": 2.0} and len(calls) == 2
+    fake, calls = slices([(1.0, 2.0), (2.0, 1.0)])  # the order flips every slice: no early stop
+    monkeypatch.setattr(search, "time_sessions", fake)
+    search._latencies({"a": m, "b": m}, d, seconds=2.0)
+    assert len(calls) == 4
