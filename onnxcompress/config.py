@@ -226,6 +226,10 @@ class QuantConfig:
     # batch-1 FP32 vs int8 timing after quantizing (seconds, interleaved, one thread): layers ORT runs slower in
     # int8 are kept FP32, and a model still slower than FP32 is reported; 0 = off
     speed_check_seconds: float = 3.0
+    auto_timing_seconds: float = 2.0  # auto mode's timing of its candidates when the speed check is off (0)
+    timing_seconds: float = 4.0  # longest batch-1 timing of a set of models when no length is asked for
+    fallback_samples: int = 1000  # validation samples the accuracy search and auto mode measure drops on
+    bias_correction_samples: int = 256  # calibration samples bias correction reads (at most)
     task: TaskConfig = field(default_factory=TaskConfig)  # what the search measures (auto: guessed from the outputs)
     quality_check: bool = True  # without validation data: the task metric vs FP32 on calibration samples, warned
 
@@ -239,6 +243,10 @@ class QuantConfig:
             raise ConfigError("smooth_quant (alpha) must be between 0 and 1, e.g. 0.5")
         if self.fallback_seconds <= 0 or self.fallback_layers < 0:
             raise ConfigError("fallback_seconds must be > 0 and fallback_layers >= 0")
+        if self.auto_timing_seconds <= 0 or self.timing_seconds <= 0:
+            raise ConfigError("auto_timing_seconds and timing_seconds must be > 0")
+        if self.fallback_samples < 1 or self.bias_correction_samples < 1:
+            raise ConfigError("fallback_samples and bias_correction_samples must be >= 1")
         if self.speed_check_seconds < 0:
             raise ConfigError(f"speed_check_seconds {self.speed_check_seconds} is out of range; use seconds >= 0 (0 = off)")
         _choice("calibration", self.calibration, ("minmax", "percentile", "entropy"))

@@ -51,3 +51,13 @@ def test_load_config_errors(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(bad)
+
+
+def test_quant_settings_live_in_the_config_and_round_trip(tmp_path):
+    q = QuantConfig()
+    assert (q.fallback_samples, q.bias_correction_samples, q.timing_seconds, q.auto_timing_seconds) == (1000, 256, 4.0, 2.0)
+    cfg = PipelineConfig(quant=QuantConfig(fallback_samples=300, bias_correction_samples=64, timing_seconds=1.5))
+    save_config(cfg, tmp_path / "c.json")
+    assert load_config(tmp_path / "c.json") == cfg
+    with pytest.raises(ConfigError, match="fallback_samples"):
+        from_dict(PipelineConfig, {"quant": {"fallback_samples": 0}})

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 import onnx
 
-from ..config import TaskConfig
+from ..config import QuantConfig, TaskConfig
 from ..data import Dataset
 from ..errors import InputError
 from ..evaluate.tasks import TaskRun, points
@@ -63,7 +63,7 @@ class Evaluator:
     (the int8 kernels it will really use) and returns the drop of the task metric, in points. The same
     task metrics as `validate` (evaluate.tasks), so the search optimizes what the gates check."""
 
-    def __init__(self, reference: onnx.ModelProto, data: Dataset, budget: Budget, samples: int = 1000,
+    def __init__(self, reference: onnx.ModelProto, data: Dataset, budget: Budget, samples: int = QuantConfig.fallback_samples,
                  batch_size: int = 64, task: Optional[TaskConfig] = None):
         self.data = data.take(min(samples, len(data)))
         self.batch_size = run_batch(reference, self.data, batch_size)  # within the data's memory budget
@@ -167,7 +167,7 @@ def sensitivity(prep: Prepared, qmodel: onnx.ModelProto, data: Dataset, samples:
     return [r for r in ranked if r["added_noise"] > 0]
 
 
-def fallback_search(model: onnx.ModelProto, calibration: Dataset, validation: Dataset, config, budget: Budget,
+def fallback_search(model: onnx.ModelProto, calibration: Dataset, validation: Dataset, config: QuantConfig, budget: Budget,
                     seconds: float = 180.0, max_layers: int = 16, on_best: OnBest = None,
                     progress: Progress = None) -> tuple[onnx.ModelProto, PassRecord]:
     """Quantize with `config`, then exclude layers greedily until the drop fits `budget`."""
@@ -179,7 +179,7 @@ def fallback_search(model: onnx.ModelProto, calibration: Dataset, validation: Da
         if prep.path is not None or prep.mode != "static":
             raise InputError("the accuracy-gated fallback needs static quantization of a model under 2 GB; "
                              "drop --max-drop or use --mode static")
-        ev = Evaluator(prep.model, validation, budget, task=getattr(config, "task", None))  # QuantConfig.task
+        ev = Evaluator(prep.model, validation, budget, samples=config.fallback_samples, task=config.task)
         best, rec = quantize_prepared(prep, config, work, calibration=calibration)
         best_drop = ev.drop(best)
         steps = [{"excluded": [], "drop": best_drop, "kept": True}]

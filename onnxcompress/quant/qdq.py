@@ -33,6 +33,7 @@ except ImportError:  # onnxruntime-openvino ships an older onnxruntime (1.24 her
                             "quantize needs; quantize in an environment with a newer onnxruntime (pip install -U onnxruntime)") from None
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from ..config import QuantConfig
 from ..data import Dataset, example_feed, feeds
 from ..errors import InputError, InternalError
 from ..io import is_big, save_model
@@ -126,7 +127,7 @@ def _preprocess(model: onnx.ModelProto, tmp: Path, notes: list[str]) -> tuple[Pa
     return dst, True
 
 
-def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, workdir: Path) -> Prepared:
+def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config: QuantConfig, workdir: Path) -> Prepared:
     """Pre-process, apply the FP32 accuracy passes and calibrate (static). `workdir` must outlive the result."""
     check_quantizable(model)
     choice = choose(config.target, config.activation_type, config.weight_type, config.reduce_range, config.per_channel)
@@ -183,7 +184,7 @@ def prepare(model: onnx.ModelProto, calibration: Optional[Dataset], config, work
     return prep
 
 
-def _fp32_passes(prep: Prepared, calibration: Dataset, config, n: int) -> onnx.ModelProto:
+def _fp32_passes(prep: Prepared, calibration: Dataset, config: QuantConfig, n: int) -> onnx.ModelProto:
     model = prep.model
     if config.equalize or (config.equalize is None and not prep.choice.per_channel):
         from .equalize import equalize
@@ -198,7 +199,7 @@ def _fp32_passes(prep: Prepared, calibration: Dataset, config, n: int) -> onnx.M
     return model
 
 
-def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str, ...] = (),
+def quantize_prepared(prep: Prepared, config: QuantConfig, workdir: Path, exclude: tuple[str, ...] = (),
                       calibration: Optional[Dataset] = None) -> tuple[onnx.ModelProto, PassRecord]:
     """QDQ (or dynamic) quantization of a prepared model; `exclude` adds to config.exclude."""
     rec = PassRecord("quantize")
@@ -268,7 +269,7 @@ def quantize_prepared(prep: Prepared, config, workdir: Path, exclude: tuple[str,
         from .biascorr import bias_correct
 
         qmodel, brec = bias_correct(prep.model, qmodel, calibration,
-                                    samples=sample_cap(prep.model, calibration, min(config.calibration_samples, 256)))
+                                    samples=sample_cap(prep.model, calibration, min(config.calibration_samples, config.bias_correction_samples)))
         rec.changed.append(f"{brec.name}: {len(brec.changed)} biases corrected")
         rec.stats[brec.name] = brec.stats
         rec.skipped.extend(brec.skipped)
@@ -312,7 +313,7 @@ def _finish(qmodel: onnx.ModelProto, rec: PassRecord, excluded: tuple[str, ...],
         rec.skip(name, "excluded: kept in FP32")
 
 
-def quantize(model: onnx.ModelProto, calibration: Optional[Dataset], config) -> tuple[onnx.ModelProto, PassRecord]:
+def quantize(model: onnx.ModelProto, calibration: Optional[Dataset], config: QuantConfig) -> tuple[onnx.ModelProto, PassRecord]:
     """Quantize `model` (config: QuantConfig). Static needs calibration data; dynamic does not."""
     with tempfile.TemporaryDirectory(prefix="onnxcompress-q-") as d:
         prep = prepare(model, calibration, config, Path(d))

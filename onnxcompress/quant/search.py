@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 import onnx
 
+from ..config import QuantConfig
 from ..data import Dataset, example_feed
 from ..evaluate.bench import time_sessions
 from ..io import is_big
@@ -29,12 +30,12 @@ DYNAMIC_CONV_WHY = ("ORT's dynamic int8 runs convs as ConvInteger with a run-tim
 Measure = Callable[[dict], dict]  # {name: model} -> {name: batch-1 latency in ms (see _latencies)}
 
 
-def budget_of(config) -> Budget:
+def budget_of(config: QuantConfig) -> Budget:
     drop = AUTO_DEFAULT_DROP if config.max_drop is None else config.max_drop
     return Budget(drop, config.metric, config.max_drop_relative)
 
 
-def quantize_model(model: onnx.ModelProto, calibration: Optional[Dataset], validation: Optional[Dataset], config,
+def quantize_model(model: onnx.ModelProto, calibration: Optional[Dataset], validation: Optional[Dataset], config: QuantConfig,
                    on_best: OnBest = None, progress: Progress = None,
                    measure: Optional[Measure] = None, input_layout: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, PassRecord]:
     """Quantize per `config` (QuantConfig); validation data enables the budgeted search and auto mode.
@@ -49,7 +50,7 @@ def quantize_model(model: onnx.ModelProto, calibration: Optional[Dataset], valid
     if measure is None:  # auto mode times its candidates even with the speed check off
         def measure(models: dict) -> dict:
             return _latencies(models, data if data is not None else _random(model, input_layout),
-                              config.speed_check_seconds or 2.0)
+                              config.speed_check_seconds or config.auto_timing_seconds)
     measured = None
     if config.mode == "auto" and validation is not None:
         q, rec, measured = _auto(model, calibration, validation, config, say, on_best, measure)
@@ -85,7 +86,7 @@ def _random(model: onnx.ModelProto, input_layout: tuple[str, ...] = ()) -> Datas
     return random_data(model_layout(model, input_layout), 1)
 
 
-def _gated(model, calibration, validation, config, say, on_best):
+def _gated(model, calibration, validation, config: QuantConfig, say, on_best):
     if config.mode == "static" and config.max_drop is not None and validation is not None:
         return fallback_search(model, calibration, validation, config, budget_of(config), config.fallback_seconds,
                                config.fallback_layers, on_best, say)
@@ -100,7 +101,7 @@ LATENCY_PERCENTILE = 25  # of each model's run times: other processes on a loade
 # median-based check once read 1.00x, no warning, for an int8 model whose p10 of 300 interleaved runs read 0.85x)
 
 
-def _latencies(models: dict[str, onnx.ModelProto], data: Dataset, seconds: float = 4.0,
+def _latencies(models: dict[str, onnx.ModelProto], data: Dataset, seconds: float = QuantConfig.timing_seconds,
                clear: float = 0.15) -> dict[str, float]:
     """Batch-1 latency (ms, the LATENCY_PERCENTILE of the runs), one thread, sessions timed in turn (fair on a
     noisy machine), in slices of ~0.5 s: timing stops early once two slices in a row, each on its own runs, order
@@ -174,9 +175,9 @@ def decide(rows: list[dict], limit: float, metric: str) -> tuple[dict, str]:
                f"(drop {c['drop']:.3f}, {c['speedup']:.2f}x){tail(c)}")
 
 
-def _auto(model, calibration, validation, config, say, on_best, measure):
+def _auto(model, calibration, validation, config: QuantConfig, say, on_best, measure):
     budget = budget_of(config)
-    ev = Evaluator(model, validation, budget)
+    ev = Evaluator(model, validation, budget, samples=config.fallback_samples)
     found: dict[str, tuple[onnx.ModelProto, PassRecord, float]] = {}
     skipped: list[dict] = []
     share, basis = conv_share(model)
