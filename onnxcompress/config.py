@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,16 @@ from typing import Any, Optional
 from .errors import ConfigError
 
 CONFIG_VERSION = 1
+GATE_SYNTAX = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+def gate_syntax(text: str) -> tuple[str, str, float]:
+    """'recall>=90' -> ('recall', '>=', 90.0): the gate syntax of ValidateConfig.gates (evaluate.gates builds
+    the Gate from it); anything else is a ConfigError."""
+    m = GATE_SYNTAX.match(text)
+    if not m:
+        raise ConfigError(f"gate '{text}' is not METRIC>=NUMBER (or <=, >, <); e.g. recall>=90 or char_agreement>=98")
+    return m.group(1), m.group(2), float(m.group(3))
 
 
 @dataclass(frozen=True)
@@ -279,10 +290,8 @@ class ValidateConfig:
         self.task.validate()
         if self.metric is not None and ":" not in self.metric:
             raise ConfigError(f"validate metric '{self.metric}' must be FILE.py:FUNCTION")
-        from .evaluate.gates import parse_gate  # the gate syntax lives with the evaluator
-
         for text in self.gates:
-            parse_gate(text)
+            gate_syntax(text)
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"validate max_samples {self.max_samples} is out of range; use a value >= 1")
         if self.layer_samples < 1:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 import operator
-import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-from ..errors import AccuracyRegression, ConfigError
+from ..config import gate_syntax
+from ..errors import AccuracyRegression
 
 COMPARISONS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 PERCENT = {"top1", "top5", "agreement", "recall", "precision", "f1", "map50", "pixel_agreement", "miou", "iou",
@@ -28,7 +28,6 @@ CONFIG_GATES = {"max_drop": ("top1_drop", "<="), "min_agreement": ("agreement", 
                 "max_size": ("size_bytes", "<="), "max_latency_ratio": ("latency_ratio", "<=")}
 EXTRA_WORDS = {"size_bytes": "candidate size", "latency_ratio": "latency ratio candidate/reference",
                "fused_share": "share of the quantized MACs on int8 kernels", "drop": "accuracy drop"}
-_GATE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -109,10 +108,8 @@ class AccuracyResult:
 
 def parse_gate(text: str, origin: str = "user") -> Gate:
     """'recall>=90' -> Gate(name='recall', metric='recall', comparison='>=', limit=90.0)."""
-    m = _GATE.match(text)
-    if not m:
-        raise ConfigError(f"gate '{text}' is not METRIC>=NUMBER (or <=, >, <); e.g. recall>=90 or char_agreement>=98")
-    return Gate(m.group(1), m.group(1), m.group(2), float(m.group(3)), origin)
+    metric, comparison, limit = gate_syntax(text)
+    return Gate(metric, metric, comparison, limit, origin)
 
 
 def _fmt(v: float) -> str:

@@ -16,7 +16,7 @@ import onnx
 
 from ..config import QuantConfig
 from ..data import Dataset, example_feed
-from ..evaluate.bench import time_sessions
+from ..runtime.timing import time_sessions
 from ..io import is_big
 from ..runtime.session import make_session
 from ..passes.base import PassRecord
