@@ -24,6 +24,13 @@ def __getattr__(name: str):
     # Heavy stages are imported on first use so `import onnxcompress` stays fast and torch-free.
     lazy = {
         "convert": ("pipeline", "convert"),
+        # the stages convert composes, each `stage(model, context) -> (model, StageRecord)` (passes.base.Stage)
+        "stages_for": ("pipeline.stages", "stages_for"),
+        "Context": ("pipeline.stages", "Context"),
+        "TorchSource": ("pipeline.stages", "TorchSource"),
+        "StageRecord": ("passes.base", "StageRecord"),
+        "run_stages": ("passes.base", "run_stages"),
+        "Progress": ("progress", "Progress"),
         "quantize": ("quant.qdq", "quantize"),
         "quantize_model": ("quant.search", "quantize_model"),
         "prune": ("passes.prune", "prune_model"),
@@ -49,4 +56,5 @@ __all__ = [
     "OnnxCompressError", "PassError", "PipelineConfig", "PruneConfig", "QuantConfig", "SimplifyConfig",
     "ValidateConfig", "convert", "export", "load_config", "load_data", "load_model", "prune", "quantize", "quantize_model", "save_config",
     "save_model", "simplify", "validate", "canonicalize", "verify", "save_verified", "__version__",
+    "stages_for", "Context", "TorchSource", "StageRecord", "run_stages", "Progress",
 ]

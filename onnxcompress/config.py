@@ -16,6 +16,22 @@ from typing import Any, Optional
 from .errors import ConfigError
 
 CONFIG_VERSION = 1
+# the allowed values of each choice setting; the CLI's click.Choice lists are these
+CHOICES: dict[str, tuple[str, ...]] = {
+    "export.exporter": ("auto", "dynamo", "torchscript"),
+    "prune.allocation": ("sensitivity", "global"),
+    "prune.damage": ("auto", "kl", "cosine", "mse"),
+    "prune.criterion": ("l1", "l2", "bn_scale", "activation", "activation_l2"),
+    "train.criterion": ("l1", "l2"),
+    "scope": ("global", "layer"),
+    "train.loss": ("kl", "mse"),
+    "quant.mode": ("static", "dynamic", "auto"),
+    "quant.metric": ("auto", "top1", "agreement", "cosine"),
+    "quant.calibration": ("minmax", "percentile", "entropy"),
+    "quant.activation_type": ("auto", "uint8", "int8"),
+    "quant.weight_type": ("int8", "uint8"),
+    "quant.target": ("auto", "vnni", "avx2", "arm", "generic"),
+}
 GATE_SYNTAX = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
 
@@ -38,7 +54,7 @@ class ExportConfig:
     atol: float = 1e-4
 
     def validate(self) -> None:
-        _choice("exporter", self.exporter, ("auto", "dynamo", "torchscript"))
+        _choice("exporter", self.exporter, CHOICES["export.exporter"])
         if not 7 <= self.opset <= 23:
             raise ConfigError(f"opset {self.opset} is out of range; use an opset between 7 and 23")
 
@@ -111,8 +127,8 @@ class PruneConfig:
             raise ConfigError(f"prune takes one target, not {' and '.join(targets)}")
         if targets and (self.ratio > 0 or self.zeroed_only):
             raise ConfigError("prune takes a ratio or a target (target_macs/target_params/target_latency), not both")
-        _choice("allocation", self.allocation, ("sensitivity", "global"))
-        _choice("damage", self.damage, ("auto", "kl", "cosine", "mse"))
+        _choice("allocation", self.allocation, CHOICES["prune.allocation"])
+        _choice("damage", self.damage, CHOICES["prune.damage"])
         if not self.sensitivity_fractions or any(not 0.0 < f < 1.0 for f in self.sensitivity_fractions):
             raise ConfigError(f"sensitivity_fractions {self.sensitivity_fractions} must be fractions in (0, 1)")
         if self.sensitivity_rounds not in (1, 2):
@@ -123,8 +139,8 @@ class PruneConfig:
             raise ConfigError(f"prune step {self.step} is out of range; use a share of the original in [0, 1), 0: one step")
         if self.max_drop is not None and not 0.0 <= self.max_drop <= 100.0:
             raise ConfigError(f"prune max_drop {self.max_drop} is out of range; use points in [0, 100]")
-        _choice("criterion", self.criterion, ("l1", "l2", "bn_scale", "activation", "activation_l2"))
-        _choice("scope", self.scope, ("global", "layer"))
+        _choice("criterion", self.criterion, CHOICES["prune.criterion"])
+        _choice("scope", self.scope, CHOICES["scope"])
         if self.align < 1 or self.min_channels < 1:
             raise ConfigError("align and min_channels must be >= 1")
         if self.calibration_samples < 1:
@@ -171,9 +187,9 @@ class TrainConfig:
             raise ConfigError(f"time budget {self.time_budget} s is out of range; use a duration > 0, e.g. 30m")
         if self.evaluations < 1:
             raise ConfigError(f"evaluations {self.evaluations} is out of range; use a value >= 1")
-        _choice("criterion", self.criterion, ("l1", "l2"))
-        _choice("scope", self.scope, ("global", "layer"))
-        _choice("loss", self.loss, ("kl", "mse"))
+        _choice("criterion", self.criterion, CHOICES["train.criterion"])
+        _choice("scope", self.scope, CHOICES["scope"])
+        _choice("loss", self.loss, CHOICES["train.loss"])
         if self.steps < 1 or self.epochs < 0 or self.batch_size < 1 or self.temperature <= 0 or self.lr <= 0:
             raise ConfigError("train steps, batch_size must be >= 1, epochs >= 0, temperature and lr > 0")
         if not 0.0 <= self.alpha <= 1.0:
@@ -237,33 +253,29 @@ class QuantConfig:
     # batch-1 FP32 vs int8 timing after quantizing (seconds, interleaved, one thread): layers ORT runs slower in
     # int8 are kept FP32, and a model still slower than FP32 is reported; 0 = off
     speed_check_seconds: float = 3.0
-    auto_timing_seconds: float = 2.0  # auto mode's timing of its candidates when the speed check is off (0)
-    timing_seconds: float = 4.0  # longest batch-1 timing of a set of models when no length is asked for
     fallback_samples: int = 1000  # validation samples the accuracy search and auto mode measure drops on
-    bias_correction_samples: int = 256  # calibration samples bias correction reads (at most)
+    bias_samples: int = 256  # calibration samples bias correction reads (at most)
     task: TaskConfig = field(default_factory=TaskConfig)  # what the search measures (auto: guessed from the outputs)
     quality_check: bool = True  # without validation data: the task metric vs FP32 on calibration samples, warned
 
     def validate(self) -> None:
-        _choice("mode", self.mode, ("static", "dynamic", "auto"))
+        _choice("mode", self.mode, CHOICES["quant.mode"])
         self.task.validate()
-        _choice("metric", self.metric, ("auto", "top1", "agreement", "cosine"))
+        _choice("metric", self.metric, CHOICES["quant.metric"])
         if self.max_drop is not None and self.max_drop < 0:
             raise ConfigError("max_drop must be >= 0 (points of the metric, or percent with max_drop_relative)")
         if self.smooth_quant is not None and not 0.0 < self.smooth_quant < 1.0:
             raise ConfigError("smooth_quant (alpha) must be between 0 and 1, e.g. 0.5")
         if self.fallback_seconds <= 0 or self.fallback_layers < 0:
             raise ConfigError("fallback_seconds must be > 0 and fallback_layers >= 0")
-        if self.auto_timing_seconds <= 0 or self.timing_seconds <= 0:
-            raise ConfigError("auto_timing_seconds and timing_seconds must be > 0")
-        if self.fallback_samples < 1 or self.bias_correction_samples < 1:
-            raise ConfigError("fallback_samples and bias_correction_samples must be >= 1")
+        if self.fallback_samples < 1 or self.bias_samples < 1:
+            raise ConfigError("fallback_samples and bias_samples must be >= 1")
         if self.speed_check_seconds < 0:
             raise ConfigError(f"speed_check_seconds {self.speed_check_seconds} is out of range; use seconds >= 0 (0 = off)")
-        _choice("calibration", self.calibration, ("minmax", "percentile", "entropy"))
-        _choice("activation_type", self.activation_type, ("auto", "uint8", "int8"))
-        _choice("weight_type", self.weight_type, ("int8", "uint8"))
-        _choice("target", self.target, ("auto", "vnni", "avx2", "arm", "generic"))
+        _choice("calibration", self.calibration, CHOICES["quant.calibration"])
+        _choice("activation_type", self.activation_type, CHOICES["quant.activation_type"])
+        _choice("weight_type", self.weight_type, CHOICES["quant.weight_type"])
+        _choice("target", self.target, CHOICES["quant.target"])
         if self.calibration_samples < 1 or self.batch_size < 1:
             raise ConfigError("calibration_samples and batch_size must be >= 1")
 
@@ -441,6 +453,17 @@ class PipelineConfig:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
+
+    def quant_aim(self, labels: bool) -> QuantConfig:
+        """The QuantConfig `convert` quantizes with, so that validate's gates are met when they can be: the
+        search measures validate's task when quant's is auto, and with labelled validation data and no budget
+        of its own it aims at validate's top-1 budget (max_drop). Both configs are left as they are."""
+        q = self.quant
+        if q.max_drop is None and labels and self.validate_.max_drop is not None:
+            q = dataclasses.replace(q, max_drop=self.validate_.max_drop, metric="top1")
+        if q.task.name == "auto" and self.validate_.task.name != "auto":
+            q = dataclasses.replace(q, task=self.validate_.task)
+        return q
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:

@@ -44,7 +44,7 @@ class TensorSpec:
         return "batch" if ax == 0 else f"{self.name}_dim{ax}"
 
 
-def _torch():
+def import_torch():
     try:
         import torch
     except ImportError:
@@ -70,7 +70,7 @@ def _dynamic_sizes(specs: list[TensorSpec], grow: int, min_dynamic: int) -> dict
 def example_inputs(specs: list[TensorSpec], seed: int = 0, grow: int = 0, min_dynamic: int = 1) -> tuple:
     """Random inputs; dynamic axes get size max(min_dynamic, shape + grow) (grow varies them in checks),
     distinct per axis name."""
-    torch = _torch()
+    torch = import_torch()
     g = torch.Generator().manual_seed(seed)
     sizes = _dynamic_sizes(specs, grow, min_dynamic)
     out = []
@@ -88,7 +88,7 @@ def example_inputs(specs: list[TensorSpec], seed: int = 0, grow: int = 0, min_dy
 
 def _leaves(out) -> list:
     """Flatten a module's output (tensor, tuple/list, dict) to tensors in the exporters' order."""
-    torch = _torch()
+    torch = import_torch()
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
@@ -130,7 +130,7 @@ def _rename_dims(model: onnx.ModelProto, specs: list[TensorSpec]) -> None:
 
 def _export_once(module, args: tuple, specs: list[TensorSpec], output_names: Optional[list[str]], path: Path,
                  config: ExportConfig, exporter: str) -> onnx.ModelProto:
-    torch = _torch()
+    torch = import_torch()
     names = [s.name for s in specs]
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed" noise
     with warnings.catch_warnings():
@@ -164,7 +164,7 @@ def _check(module, model: onnx.ModelProto, specs: list[TensorSpec], out: Path, c
 
     Returns the worst errors (relative = max abs error / max |torch output|) and, for models over 2 GB,
     the file they were written to (they cannot be run from memory)."""
-    torch = _torch()
+    torch = import_torch()
     try:
         if not is_big(model):
             onnx.checker.check_model(model, full_check=False)
@@ -222,7 +222,7 @@ def export(module, specs: list[TensorSpec], out: str | Path, config: ExportConfi
 
     check_inputs: extra input tuples (torch tensors or numpy arrays) to compare on, e.g. real samples.
     Raises ExportError when every exporter fails or mismatches; each reason is in the message."""
-    torch = _torch()
+    torch = import_torch()
     config.validate()
     if not specs:
         raise InputError("export needs at least one input spec; pass --input NAME:1x3x224x224")
@@ -257,7 +257,7 @@ def export(module, specs: list[TensorSpec], out: str | Path, config: ExportConfi
         rec.stats["opset"] = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), None)
         rec.stats["external_data"] = Path(str(written) + ".data").exists() and is_big(model)
         rec.stats.update(stats)
-        rec.changed.append(str(written))
+        rec.files.append(str(written))
         return rec
     raise ExportError("torch -> ONNX export failed with every exporter: "
                       + "; ".join(f"{s.target} ({s.reason})" for s in rec.skipped)

@@ -252,7 +252,7 @@ def render(report: dict[str, Any]) -> str:
                           for s in rec["skipped"]) or "<li>nothing skipped</li>"
         stats = html.escape(", ".join(f"{k}={v}" for k, v in rec["stats"].items() if not isinstance(v, (dict, list))))
         details.append(f"<details><summary><b>{html.escape(st['name'])}</b> ({st['seconds']:.1f} s): "
-                       f"{len(rec['changed'])} changes, {len(rec['skipped'])} skipped</summary>"
+                       f"{len(rec['changed']) + len(rec.get('counts', {}))} changes, {len(rec['skipped'])} skipped</summary>"
                        f"<p>{stats}</p><ul>{skipped}</ul></details>")
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>onnxcompress report</title>"
             f"<style>{CSS}</style></head><body><h1>onnxcompress report</h1>"

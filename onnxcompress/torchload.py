@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import InputError
-from .export import TensorSpec, _torch
+from .export import TensorSpec, import_torch
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool", "uint8", "int8")
 
@@ -75,7 +75,7 @@ def resolve_factory(factory: str):
 
 def load_weights(path: str | Path) -> dict:
     """A state_dict from `.safetensors` or a pickle loaded with weights_only=True (no code runs)."""
-    torch = _torch()
+    torch = import_torch()
     p = Path(path)
     if not p.is_file():
         raise InputError(f"weights file {p} not found; check the path")
@@ -105,7 +105,7 @@ def load_weights(path: str | Path) -> dict:
 
 def load_module(factory: str, weights: Optional[str | Path] = None):
     """Build the module from the factory and load weights strictly (missing/unexpected keys are errors)."""
-    torch = _torch()
+    torch = import_torch()
     fn = resolve_factory(factory)
     try:
         module = fn()
@@ -124,7 +124,7 @@ def load_module(factory: str, weights: Optional[str | Path] = None):
 
 def load_any(source: str, weights: Optional[str | Path] = None):
     """A factory string (`pkg.module:fn`, `file.py:fn`), a TorchScript file, or a torch.export `.pt2`."""
-    torch = _torch()
+    torch = import_torch()
     p = Path(source)
     if p.suffix == ".pt2":
         if not p.is_file():

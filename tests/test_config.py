@@ -55,8 +55,8 @@ def test_load_config_errors(tmp_path):
 
 def test_quant_settings_live_in_the_config_and_round_trip(tmp_path):
     q = QuantConfig()
-    assert (q.fallback_samples, q.bias_correction_samples, q.timing_seconds, q.auto_timing_seconds) == (1000, 256, 4.0, 2.0)
-    cfg = PipelineConfig(quant=QuantConfig(fallback_samples=300, bias_correction_samples=64, timing_seconds=1.5))
+    assert (q.fallback_samples, q.bias_samples) == (1000, 256)
+    cfg = PipelineConfig(quant=QuantConfig(fallback_samples=300, bias_samples=64))
     save_config(cfg, tmp_path / "c.json")
     assert load_config(tmp_path / "c.json") == cfg
     with pytest.raises(ConfigError, match="fallback_samples"):

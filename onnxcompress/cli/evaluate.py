@@ -56,7 +56,7 @@ class Progress:
             self.bar.__exit__(*exc)
 
 
-def _task_config(task: str, task_output, task_params) -> TaskConfig:
+def task_config_from_flags(task: str, task_output, task_params) -> TaskConfig:
     """--task NAME, --task-output NAME and --task-param KEY=VALUE -> TaskConfig (checked like a config file)."""
     from ..config import from_dict
 
@@ -93,7 +93,7 @@ def task_options(fn):
 
 
 def validate_config(task, task_output, task_params, user_metric, gate_exprs, default_gates, **fields) -> ValidateConfig:
-    cfg = ValidateConfig(**fields, task=_task_config(task, task_output, task_params), metric=user_metric,
+    cfg = ValidateConfig(**fields, task=task_config_from_flags(task, task_output, task_params), metric=user_metric,
                          gates=tuple(gate_exprs), default_gates=default_gates)
     cfg.validate()
     return cfg

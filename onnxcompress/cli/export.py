@@ -5,7 +5,7 @@ import click
 
 from .common import emit, handle_errors, json_option
 
-from ..config import ExportConfig
+from ..config import CHOICES, ExportConfig
 
 
 def torch_source_options(fn):
@@ -20,7 +20,7 @@ def torch_source_options(fn):
 
 def export_options(fn):
     fn = click.option("--static-batch", is_flag=True, help="Export every axis static (no dynamic batch or named dims).")(fn)
-    fn = click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default=ExportConfig.exporter,
+    fn = click.option("--exporter", type=click.Choice(CHOICES["export.exporter"]), default=ExportConfig.exporter,
                       show_default=True, help="auto: dynamo, falling back to torchscript (reason recorded).")(fn)
     fn = click.option("--opset", type=int, default=ExportConfig.opset, show_default=True,
                       help="ONNX opset (the dynamo exporter needs >= 18 and uses 18 below that).")(fn)

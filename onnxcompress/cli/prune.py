@@ -6,7 +6,7 @@ from collections import Counter
 
 import click
 
-from ..config import TASKS, PruneConfig, TaskConfig
+from ..config import CHOICES, TASKS, PruneConfig, TaskConfig
 from .common import emit, handle_errors, input_layout_option, json_option, layout_items
 from .dataopts import build_data_config, data_options, open_data
 from .inspect import StepPrinter, input_shape_option
@@ -23,11 +23,11 @@ from .inspect import StepPrinter, input_shape_option
 @click.option("--target-params", type=float, help="Keep this fraction of the parameters (like --target-macs).")
 @click.option("--target-latency", type=float, help="Keep this fraction of the measured batch-1 latency (one thread, "
               "timed on a calibration sample), by bisection on the MACs target (timing is noisy on a busy machine).")
-@click.option("--allocation", type=click.Choice(["sensitivity", "global"]), default=PruneConfig.allocation,
+@click.option("--allocation", type=click.Choice(CHOICES["prune.allocation"]), default=PruneConfig.allocation,
               show_default=True, help="With a target: 'sensitivity' measures each layer's output damage at "
               "--sensitivity-fractions on calibration data and spends the reduction where it hurts least; 'global' "
               "is one score threshold (the --ratio rule).")
-@click.option("--damage", type=click.Choice(["auto", "kl", "cosine", "mse"]), default=PruneConfig.damage,
+@click.option("--damage", type=click.Choice(CHOICES["prune.damage"]), default=PruneConfig.damage,
               show_default=True, help="Output damage against the input model: auto = KL on class outputs, else relative MSE.")
 @click.option("--sensitivity-samples", type=int, default=PruneConfig.sensitivity_samples, show_default=True,
               help="Calibration samples the sensitivity and activation scores read.")
@@ -44,10 +44,10 @@ from .inspect import StepPrinter, input_shape_option
               help="With a target and -c: reach it in steps removing at most this share of the original each, every "
               "step refit and the next one measured on the refit model (0: one step).")
 @click.option("--criterion", "--score", "criterion",
-              type=click.Choice(["l1", "l2", "bn_scale", "activation", "activation_l2"]), default=PruneConfig.criterion,
+              type=click.Choice(CHOICES["prune.criterion"]), default=PruneConfig.criterion,
               show_default=True, help="How channels are ranked within a layer: weight norms, BN scale, or mean |activation| "
               "/ activation RMS on calibration data (needs -c).")
-@click.option("--scope", type=click.Choice(["global", "layer"]), default=PruneConfig.scope, show_default=True)
+@click.option("--scope", type=click.Choice(CHOICES["scope"]), default=PruneConfig.scope, show_default=True)
 @click.option("--align", type=int, default=PruneConfig.align, show_default=True, help="Keep widths multiples of N.")
 @click.option("--min-channels", type=int, default=PruneConfig.min_channels, show_default=True)
 @click.option("--calibration", "-c", type=click.Path(),

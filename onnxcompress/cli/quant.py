@@ -9,20 +9,20 @@ import click
 from .common import emit, handle_errors, input_layout_option, json_option, layout_items
 from .dataopts import build_data_config, data_options, open_data
 
-from ..config import TASKS, QuantConfig
+from ..config import CHOICES, TASKS, QuantConfig
 from ..errors import InputError
 from ..evaluate.gates import quantize_verdict
 
 
 def _quant_options(fn):
     for opt in reversed([
-        click.option("--mode", type=click.Choice(["static", "dynamic", "auto"]), default="auto", show_default=True,
+        click.option("--mode", type=click.Choice(CHOICES["quant.mode"]), default="auto", show_default=True,
                      help="auto: with --validation, try static and dynamic and keep the fastest within --max-drop (default 1 point); without, static (dynamic if no --calibration)."),
-        click.option("--target", type=click.Choice(["auto", "vnni", "avx2", "arm", "generic"]), default="auto", show_default=True,
+        click.option("--target", type=click.Choice(CHOICES["quant.target"]), default="auto", show_default=True,
                      help="CPU the model will run on; chooses int8 types and reduce_range."),
-        click.option("--method", "calibration_method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True),
+        click.option("--method", "calibration_method", type=click.Choice(CHOICES["quant.calibration"]), default="minmax", show_default=True),
         click.option("--per-tensor", is_flag=True, help="Per-tensor weights (default: per-channel)."),
-        click.option("--activation-type", type=click.Choice(["auto", "uint8", "int8"]), default="auto", show_default=True),
+        click.option("--activation-type", type=click.Choice(CHOICES["quant.activation_type"]), default="auto", show_default=True),
         click.option("--samples", type=int, default=QuantConfig.calibration_samples, show_default=True, help="Calibration samples used."),
         click.option("--exclude", multiple=True, help="Node name kept in FP32; repeatable."),
         click.option("--op-types", multiple=True, help="Only quantize these op types (default: all ORT supports); repeatable."),
@@ -32,7 +32,7 @@ def _quant_options(fn):
         click.option("--max-drop", default=None, metavar="POINTS[%]",
                      help="Accuracy budget (needs --validation): keep sensitive layers in FP32 until the drop fits; "
                           "'0.5' = points of --metric, '1%' = percent of the FP32 value."),
-        click.option("--metric", type=click.Choice(["auto", "top1", "agreement", "cosine"]), default="auto", show_default=True,
+        click.option("--metric", type=click.Choice(CHOICES["quant.metric"]), default="auto", show_default=True,
                      help="Budget metric; auto = the task's own (guessed from the outputs: top1 with labels or agreement for "
                           "classifiers, F1 against FP32 boxes for detectors, mIoU, character agreement, rank correlation)."),
         click.option("--fallback-seconds", type=float, default=QuantConfig.fallback_seconds, show_default=True),
@@ -155,9 +155,9 @@ def quantize_cmd(model, output, calibration, validation, require_fusion, as_json
     from ..io import check_output_path, load_model
     from ..quant.search import quantize_model
 
-    from .evaluate import _task_config
+    from .evaluate import task_config_from_flags
 
-    cfg = dataclasses.replace(_quant_config(**qopts), task=_task_config(task, task_output, task_params))
+    cfg = dataclasses.replace(_quant_config(**qopts), task=task_config_from_flags(task, task_output, task_params))
     from ..platform.tune import cross_target_config, fuse_on_target
 
     cfg, cross_note = cross_target_config(cfg)  # --target arm on x86: host timings say nothing about the target

@@ -5,7 +5,7 @@ import click
 
 from .common import emit, handle_errors, input_layout_option, json_option, layout_items
 from .dataopts import build_data_config, data_arg, data_options
-from .evaluate import _task_config, task_options
+from .evaluate import task_config_from_flags, task_options
 
 import dataclasses
 from pathlib import Path
@@ -77,7 +77,7 @@ def _with_task_flags(cfg: PipelineConfig, task, task_output, task_params, user_m
     its default keeps the file's value; --gate adds to the file's gates."""
     v = cfg.validate_
     if task != "auto" or task_output or task_params:
-        t = _task_config(task, task_output, task_params)
+        t = task_config_from_flags(task, task_output, task_params)
         v = dataclasses.replace(v, task=t)
         cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, task=t))
     if user_metric:

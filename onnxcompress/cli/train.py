@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..config import ExportConfig, TrainConfig
+from ..config import CHOICES, ExportConfig, TrainConfig
 from ..errors import InputError
 from ..sources.preprocess import PRESETS
 from .common import csv_ints, emit, handle_errors, json_option
@@ -17,9 +17,9 @@ def train_options(fn):
                      help="Share of channels to prune (of weights with --unstructured)."),
         click.option("--unstructured", is_flag=True,
                      help="L1 weight sparsity instead of channels: smaller compressed file, not faster on ORT's CPU kernels."),
-        click.option("--criterion", type=click.Choice(["l1", "l2"]), default=TrainConfig.criterion, show_default=True,
+        click.option("--criterion", type=click.Choice(CHOICES["train.criterion"]), default=TrainConfig.criterion, show_default=True,
                      help="Filter norm ranking channels (structured)."),
-        click.option("--scope", type=click.Choice(["global", "layer"]), default=TrainConfig.scope, show_default=True,
+        click.option("--scope", type=click.Choice(CHOICES["scope"]), default=TrainConfig.scope, show_default=True,
                      help="One threshold over the model, or the ratio in every layer."),
         click.option("--align", type=int, default=TrainConfig.align, show_default=True, help="Kept widths are multiples of this."),
         click.option("--min-channels", type=int, default=TrainConfig.min_channels, show_default=True),
@@ -32,7 +32,7 @@ def train_options(fn):
         click.option("--temperature", type=float, default=TrainConfig.temperature, show_default=True),
         click.option("--alpha", type=float, default=TrainConfig.alpha, show_default=True,
                      help="Cross-entropy weight when the data has labels (0 = label-free)."),
-        click.option("--loss", type=click.Choice(["kl", "mse"]), default=TrainConfig.loss, show_default=True,
+        click.option("--loss", type=click.Choice(CHOICES["train.loss"]), default=TrainConfig.loss, show_default=True,
                      help="kl for classifiers; mse on the outputs for other models."),
         click.option("--outputs", "loss_outputs", default="", help="Output indices the loss uses, e.g. 0,2 (default: all)."),
         click.option("--patience", type=int, default=TrainConfig.patience, show_default=True,

@@ -50,5 +50,5 @@ def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassRecord]:
     after = Counter(n.op_type for n in simplified.graph.node)
     rec.stats["nodes_after"] = sum(after.values())
     rec.stats["removed_ops"] = {k: before[k] - after.get(k, 0) for k in before if before[k] > after.get(k, 0)}
-    rec.changed = [f"{op} x{n}" for op, n in rec.stats["removed_ops"].items()]
+    rec.counts = {f"{op} removed": n for op, n in rec.stats["removed_ops"].items()}
     return simplified, rec

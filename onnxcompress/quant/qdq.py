@@ -262,15 +262,15 @@ def quantize_prepared(prep: Prepared, config: QuantConfig, workdir: Path, exclud
         rec.stats["shape_reads_moved"] = shapes_after_dq(qmodel)
         rec.stats["scalar_requant_folded"] = fold_scalar_requant(qmodel)
     for r in prep.records:
-        rec.changed.append(f"{r.name}: {len(r.changed)} changes")
+        rec.counts[r.name] = len(r.changed)
         rec.stats[r.name] = r.stats
         rec.skipped.extend(r.skipped)
     if config.bias_correction and prep.mode == "static" and calibration is not None and not big:
         from .biascorr import bias_correct
 
         qmodel, brec = bias_correct(prep.model, qmodel, calibration,
-                                    samples=sample_cap(prep.model, calibration, min(config.calibration_samples, config.bias_correction_samples)))
-        rec.changed.append(f"{brec.name}: {len(brec.changed)} biases corrected")
+                                    samples=sample_cap(prep.model, calibration, min(config.calibration_samples, config.bias_samples)))
+        rec.counts[brec.name] = len(brec.changed)  # biases corrected
         rec.stats[brec.name] = brec.stats
         rec.skipped.extend(brec.skipped)
     _finish(qmodel, rec, excluded, calibration)

@@ -50,7 +50,7 @@ def quantize_model(model: onnx.ModelProto, calibration: Optional[Dataset], valid
     if measure is None:  # auto mode times its candidates even with the speed check off
         def measure(models: dict) -> dict:
             return _latencies(models, data if data is not None else _random(model, input_layout),
-                              config.speed_check_seconds or config.auto_timing_seconds)
+                              config.speed_check_seconds or 2.0)
     measured = None
     if config.mode == "auto" and validation is not None:
         q, rec, measured = _auto(model, calibration, validation, config, say, on_best, measure)
@@ -101,7 +101,7 @@ LATENCY_PERCENTILE = 25  # of each model's run times: other processes on a loade
 # median-based check once read 1.00x, no warning, for an int8 model whose p10 of 300 interleaved runs read 0.85x)
 
 
-def _latencies(models: dict[str, onnx.ModelProto], data: Dataset, seconds: float = QuantConfig.timing_seconds,
+def _latencies(models: dict[str, onnx.ModelProto], data: Dataset, seconds: float,
                clear: float = 0.15) -> dict[str, float]:
     """Batch-1 latency (ms, the LATENCY_PERCENTILE of the runs), one thread, sessions timed in turn (fair on a
     noisy machine), in slices of ~0.5 s: timing stops early once two slices in a row, each on its own runs, order

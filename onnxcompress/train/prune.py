@@ -60,7 +60,7 @@ def weight_sparsity(module) -> float:
     return float(sum(int((w == 0).sum()) for w in ws) / total) if total else 0.0
 
 
-def _onnx_of(module, example: tuple) -> onnx.ModelProto:
+def onnx_of(module, example: tuple) -> onnx.ModelProto:
     import torch
 
     with tempfile.TemporaryDirectory() as d:
@@ -89,7 +89,7 @@ def structured_masks(module, example: tuple, ratio: float, criterion: str = "l2"
     kept because a producer's weight has no torch parameter name."""
     import torch
 
-    model = _onnx_of(module, example)
+    model = onnx_of(module, example)
     ctx = analyze(model, exact=False)
     params = dict(module.named_parameters())
     # groups whose producers cannot all be masked in torch are treated as blocked

@@ -128,6 +128,6 @@ def prune_and_distill(module, specs: list[TensorSpec], train_x: Arrays, out: str
     rec.stats["macs_after"] = count_macs(removed)[0]
     rec.stats["size_bytes"] = model_size(written)
     rec.skipped.extend(rm.skipped)
-    rec.changed.append(str(written))
+    rec.files.append(str(written))
     return rec
 

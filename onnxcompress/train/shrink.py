@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..passes.prune.remove import analyze, dead_groups
-from .prune import _onnx_of
+from .prune import onnx_of
 
 Index = tuple  # (out_idx or None, in_idx or None) as torch LongTensors
 
@@ -66,7 +66,7 @@ def shrink(module, example: tuple, check: tuple, rtol: float = 1e-4) -> tuple[Op
     import torch
 
     nn = torch.nn
-    model = _onnx_of(module, example)
+    model = onnx_of(module, example)
     ctx = analyze(model, exact=True)
     removable, _ = dead_groups(ctx)
     if not removable:
