@@ -13,10 +13,7 @@ from pathlib import Path
 from ..config import PipelineConfig, load_config
 from ..errors import InputError
 
-REPO = Path(__file__).resolve().parents[2]
-BUNDLED_MODEL = REPO / "models" / "fashion_net.onnx"
-BUNDLED_CALIB = REPO / "calibration" / "fashion_calib.npz"
-BUNDLED_VAL = REPO / "calibration" / "fashion_val.npz"
+from ..bundled import BUNDLED_CALIB, BUNDLED_VAL, bundled_files
 
 
 @click.command("simplify")
@@ -157,11 +154,8 @@ def _open_sources(model, cfg, calibration, validation, as_json):
 @handle_errors
 def demo_cmd(output_dir, runs, data_kind, as_json):
     """Convert the bundled Fashion-MNIST model with the bundled calibration and validation data."""
-    for p in (BUNDLED_MODEL, BUNDLED_CALIB, BUNDLED_VAL):
-        if not p.is_file():
-            raise InputError(f"bundled file {p} is missing; run the demo from a clone of the repository (pip install -e .)")
+    model, calib, val = bundled_files()
     cfg = _pipeline_from_flags(None, runs=runs)
-    model, calib, val = BUNDLED_MODEL, BUNDLED_CALIB, BUNDLED_VAL
     if data_kind != "arrays":
         from ..sources import demo
 
