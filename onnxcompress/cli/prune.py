@@ -10,6 +10,8 @@ from ..config import CHOICES, TASKS, PruneConfig, TaskConfig
 from .common import emit, handle_errors, input_layout_option, json_option, layout_items
 from .dataopts import build_data_config, data_options, open_data
 from .inspect import StepPrinter, input_shape_option
+from ..passes.base import split_step
+from ..passes.prune.remove import INTERNAL
 
 
 @click.command("prune")
@@ -185,7 +187,7 @@ def summary(out, rec: dict, verbose: bool = False) -> str:
     for k in s.get("selected_but_kept") or []:
         lines.append(f"  {k['groups']} selected but kept: {k['reason']} ({_top(k['ops'])})")
     skipped = [(sk["target"], sk["reason"]) for sk in rec.get("skipped", [])]
-    failed = [r for t, r in skipped if "channel pruning failed" in r]
+    failed = [r for t, r in skipped if INTERNAL in r]
     lines += [f"warning: {r}" for r in failed]
     if s.get("allocation"):
         kind = s.get("damage_kind", "auto")
@@ -212,14 +214,13 @@ def summary(out, rec: dict, verbose: bool = False) -> str:
         if verbose:
             lines += [f"  {name}: {r['mse_before']:.4g} -> {r['mse_after']:.4g}{'' if r['accepted'] else ' (not applied)'}"
                       for name, r in layers.items()]
-    not_refit = [(t, r.removeprefix("reconstruct: ")) for t, r in skipped if r.startswith("reconstruct:")]
+    not_refit, others = split_step(rec.get("skipped", []), "reconstruct")
     if not_refit and not verbose:
         by = Counter(re.sub(r" \(group=\d+\)", "", r) for _, r in not_refit)
         lines += [f"  not refit: {n} x {r}" for r, n in by.most_common()]
     if verbose:
         lines += [f"  not refit {t}: {r}" for t, r in not_refit]
-        lines += [f"  kept {t}: {r}" for t, r in skipped
-                  if not r.startswith("reconstruct:") and "channel pruning failed" not in r and t != "target"]
+        lines += [f"  kept {t}: {r}" for t, r in others if INTERNAL not in r and t != "target"]
     elif kept or not_refit:
         lines.append("(--verbose lists every node)")
     return "\n".join(lines)

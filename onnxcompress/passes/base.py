@@ -56,6 +56,15 @@ class PassRecord:
         }
 
 
+def split_step(skipped: list[dict[str, str]], step: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Skips (as in report.json) of a pass's sub-step, whose reasons read "<step>: why", as (target, why); and the
+    other skips as (target, reason). The one place that reads the sub-step convention."""
+    prefix = f"{step}:"
+    mine = [(s["target"], s["reason"][len(prefix):].lstrip()) for s in skipped if s["reason"].startswith(prefix)]
+    rest = [(s["target"], s["reason"]) for s in skipped if not s["reason"].startswith(prefix)]
+    return mine, rest
+
+
 @dataclass
 class StageRecord:
     """One pipeline stage: its report name ("fp32", "simplified", "distilled", "pruned", "int8"), the model

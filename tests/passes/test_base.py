@@ -2,7 +2,7 @@
 import pytest
 
 from onnxcompress.errors import InputError, PassError
-from onnxcompress.passes.base import PassRecord, Skip, StageRecord, run_stages
+from onnxcompress.passes.base import PassRecord, Skip, StageRecord, run_stages, split_step
 from onnxcompress.progress import Callbacks, progress_of
 
 
@@ -54,3 +54,8 @@ def test_progress_of_every_shape():
     assert ticks == [(1, 2, "y")] and progress_of(None).ticks is None
     with pytest.raises(TypeError):
         progress_of(3)
+
+
+def test_split_step_reads_the_sub_step_convention():
+    skipped = [{"target": "c1", "reason": "reconstruct: too few samples"}, {"target": "c2", "reason": "depthwise"}]
+    assert split_step(skipped, "reconstruct") == ([("c1", "too few samples")], [("c2", "depthwise")])
