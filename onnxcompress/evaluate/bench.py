@@ -5,18 +5,19 @@ interleaved so that machine noise hits them alike (one round = one run of each, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from ..config import BenchConfig
 from ..data import Dataset, example_feed, model_layout, random_data
 from ..io import load_model, model_size
+from ..progress import Tick
 from ..runtime.session import make_session, resolve_provider
 from ..runtime.timing import Timing, time_sessions  # noqa: F401 - the timing loop lives in runtime/
 
 BENCH_SCHEMA_VERSION = 1
-Progress = Optional[Callable[[int, int, str], None]]  # (done, total, what)
+Progress = Optional[Tick]  # the tick half of progress.Progress: (done, total, what)
 
 
 def bench_feed(model_path: str | Path, data: Optional[Dataset], batch: int,

@@ -6,7 +6,7 @@ The result dict is what `validate --json` prints; its layout is docs/validate-sc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import onnxruntime as ort
 
@@ -14,6 +14,7 @@ from ..config import BenchConfig, TaskConfig, ValidateConfig
 from ..data import Dataset, example_feed, input_specs, load_data, model_layout, random_data
 from ..errors import InputError
 from ..io import load_model, model_size
+from ..progress import Tick
 from .bench import time_sessions
 from ..runtime.budget import run_batch
 from .compare import compare_batches
@@ -22,7 +23,7 @@ from ..runtime.session import iter_outputs_many, make_session
 
 SCHEMA_VERSION = 2
 RANDOM_SAMPLES = 64
-Progress = Optional[Callable[[int, int, str], None]]
+Progress = Optional[Tick]  # the tick half of progress.Progress: (done, total, what)
 
 
 def compare_sessions(ref: ort.InferenceSession, cand: ort.InferenceSession, data: Dataset, batch_size: int = 64,

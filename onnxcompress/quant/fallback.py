@@ -22,6 +22,7 @@ import onnx
 from ..config import QuantConfig, TaskConfig
 from ..data import Dataset
 from ..errors import InputError
+from ..progress import Say
 from ..evaluate.tasks import TaskRun, points
 from ..runtime.budget import run_batch
 from ..runtime.session import iter_outputs, make_session
@@ -32,7 +33,7 @@ CANDIDATE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Conca
                  "GlobalAveragePool", "MaxPool", "Softmax", "LayerNormalization", "Gather", "Where", "Sigmoid",
                  "Resize", "Pad", "Split", "Transpose", "Reshape", "Squeeze", "Unsqueeze"}
 OnBest = Optional[Callable[[onnx.ModelProto, PassRecord], None]]
-Progress = Optional[Callable[[str], None]]
+Progress = Optional[Say]  # the say half of progress.Progress
 
 
 @dataclass
