@@ -261,6 +261,9 @@ def quantize_prepared(prep: Prepared, config: QuantConfig, workdir: Path, exclud
     if prep.mode == "static":
         rec.stats["shape_reads_moved"] = shapes_after_dq(qmodel)
         rec.stats["scalar_requant_folded"] = fold_scalar_requant(qmodel)
+        from .fold import subgraph_reads_dq  # a subgraph reading a Conv whose Relu ORT dropped reads the DQ
+
+        rec.stats["subgraph_reads_dequantized"] = subgraph_reads_dq(qmodel, prep.model)
     for r in prep.records:
         rec.counts[r.name] = len(r.changed)
         rec.stats[r.name] = r.stats
