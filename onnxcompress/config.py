@@ -112,8 +112,9 @@ class PruneConfig:
     max_drop: Optional[float] = None  # with validation data: search the largest reduction within this drop
     search_steps: int = 5  # bisection steps of that search
     # a target is reached in steps removing at most this share of the original each (prune -> refit ->
-    # measure again on the refit model; passes/prune/iterative.py); 0: in one step
-    step: float = 0.0
+    # measure again on the refit model; passes/prune/iterative.py); 0: in one step. EfficientNet-Lite0 at
+    # 0.7x MACs, 256 calibration images: FP32 agreement on 218 held-out photos 50.46% (0.1) vs 3.67% (one step)
+    step: float = 0.1
 
     def validate(self) -> None:
         if not 0.0 <= self.ratio < 1.0:

@@ -58,11 +58,11 @@ def root_costs(ctx: ChannelContext, shapes: Any) -> tuple[dict[int, float], dict
 
 
 def _options(width: int, free: int, align: int, min_channels: int, max_fraction: float, cap: int,
-             start: int = 0) -> np.ndarray:
+             start: int = 0, floor: int = 0) -> np.ndarray:
     """Channel counts a layer may lose (from `start`, already lost): its kept width a multiple of `align` (or all
     of it), at least `min_channels` and (1 - max_fraction) of it, at most its free channels and `cap` (last
     measured count)."""
-    keep_min = max(min_channels, math.ceil(width * (1 - max_fraction) - 1e-9))
+    keep_min = max(min_channels, floor, math.ceil(width * (1 - max_fraction) - 1e-9))
     ks = [start] + [k for k in range(start + 1, min(free, cap) + 1)
                 if width - k >= keep_min and (align <= 1 or (width - k) % align == 0)]
     return np.array(ks, dtype=np.int64)
@@ -70,18 +70,22 @@ def _options(width: int, free: int, align: int, min_channels: int, max_fraction:
 
 def allocate(layers: dict[str, list[int]], widths: dict[str, int], curves: dict[str, Curve], cost: dict[int, float],
              need: float, align: int = 8, min_channels: int = 8, max_fraction: float = 0.75,
-             start: Optional[dict[str, int]] = None) -> tuple[dict[str, int], float, float]:
+             start: Optional[dict[str, int]] = None,
+             floors: Optional[dict[str, int]] = None) -> tuple[dict[str, int], float, float]:
     """Channels to prune per layer (weakest first, `layers[key]` is ordered) saving at least `need` (in the
     unit of `cost`) with the least summed predicted damage, greedily over the lower hull of each curve.
     Returns (key -> count, saved, predicted damage); saved < need when the floors stop it first. `start`:
-    channels each layer has already lost (a second round; saved and damage count from there)."""
+    channels each layer has already lost (a second round; saved and damage count from there). `floors`: the
+    smallest width a layer may keep (iterative.py: max_fraction of the ORIGINAL width, over all steps)."""
+    floors = floors or {}
     start = start or {}
     opts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for key, roots in layers.items():
         curve = curves.get(key)
         if curve is None or not roots:
             continue
-        ks = _options(widths[key], len(roots), align, min_channels, max_fraction, max(curve.counts), start.get(key, 0))
+        ks = _options(widths[key], len(roots), align, min_channels, max_fraction, max(curve.counts), start.get(key, 0),
+                      floors.get(key, 0))
         saving = np.concatenate([[0.0], np.cumsum([cost.get(r, 0.0) for r in roots])])[ks]
         opts[key] = (ks, saving, np.array([curve.at(int(k)) for k in ks]))
     state = {key: 0 for key in opts}  # index into the options
@@ -128,6 +132,7 @@ class Planner:
     progress: Progress = None
     ctx: ChannelContext = field(init=False)
     curves: dict[str, Curve] = field(init=False, default_factory=dict)
+    floors: dict[str, int] = field(default_factory=dict)  # layer -> smallest width kept (iterative.py)
 
     def __post_init__(self) -> None:
         say = self.progress or (lambda done, total, what: None)
@@ -178,7 +183,7 @@ class Planner:
             counts, predicted = self._two_rounds(need)
         elif cfg.allocation == "sensitivity":
             counts, _saved, predicted = allocate(self.layers, self.widths, self.curves, self.cost, need, cfg.align,
-                                                 cfg.min_channels, cfg.max_layer_fraction)
+                                                 cfg.min_channels, cfg.max_layer_fraction, floors=self.floors)
         else:
             counts, predicted = self._global(need), float("nan")
         chosen = {r for key, k in counts.items() for r in self.layers[key][:k]}
@@ -196,7 +201,7 @@ class Planner:
         assert self.masked is not None
         if self._round is None:
             first, saved, predicted = allocate(self.layers, self.widths, self.curves, self.cost, need / 2, cfg.align,
-                                               cfg.min_channels, cfg.max_layer_fraction)
+                                               cfg.min_channels, cfg.max_layer_fraction, floors=self.floors)
             base = {r for key, k in first.items() for r in self.layers[key][:k]}
             d0 = self.masked.damage(base, cfg.damage)
             curves: dict[str, Curve] = {}
@@ -215,7 +220,7 @@ class Planner:
             self._round = (first, saved, d0, curves)
         first, saved, d0, curves = self._round
         counts, _saved, predicted = allocate(self.layers, self.widths, curves, self.cost, max(need - saved, 0.0), cfg.align,
-                                             cfg.min_channels, cfg.max_layer_fraction, start=first)
+                                             cfg.min_channels, cfg.max_layer_fraction, start=first, floors=self.floors)
         return counts, d0 + predicted
 
     def _global(self, need: float) -> dict[str, int]:

@@ -104,3 +104,13 @@ def test_prune_model_in_steps_refits_each_step_against_the_original():
     _, one = prune_model(m, PruneConfig(enabled=True, target_macs=0.6, align=1, min_channels=2, step=0.0),
                          calibration=cal)
     assert "steps" not in one.stats
+
+
+def test_the_layer_floor_holds_for_the_original_width_over_all_steps():
+    """max_layer_fraction 0.75 of a 16-wide layer: at least 4 kept however many steps (not 0.25 of 0.25 ...)."""
+    m = three_convs()
+    cfg = PruneConfig(enabled=True, target_macs=0.05, step=0.35, align=1, min_channels=1, max_layer_fraction=0.75)
+    pruned, rec = prune_model(m, cfg, calibration=data())
+    widths = {k: _init(pruned, f"w{k}").shape[0] for k in "abc"}
+    assert min(widths.values()) >= 4 and len(rec.stats["steps"]) > 2
+    assert any(s.target == "target" and "above the target 0.050x" in s.reason for s in rec.skipped)
