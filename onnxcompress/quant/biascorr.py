@@ -81,7 +81,7 @@ def _set_bias(g: Graph, node: onnx.NodeProto, idx: int, value: np.ndarray) -> No
     name = node.input[idx] if idx < len(node.input) else ""
     dq = g.producer.get(name) if name and g.const(name) is None else None
     if dq is None:
-        g.set(node, idx, value.astype(g.const(name).dtype if name else np.float32))
+        g.set_input(node, idx, value.astype(g.const(name).dtype if name else np.float32))
         return
     q, scale0 = g.const(dq.input[0]), g.const(dq.input[1])
     scale = scale0.astype(np.float64)
@@ -100,11 +100,11 @@ def _set_bias(g: Graph, node: onnx.NodeProto, idx: int, value: np.ndarray) -> No
             step = max(-lo, hi) / info.max or 1.0
         else:
             step = (hi - lo) / (info.max - info.min) or 1.0
-            g.set(dq, 2, np.asarray(np.clip(np.round(info.min - lo / step), info.min, info.max), q.dtype).reshape(zp.shape))
+            g.set_input(dq, 2, np.asarray(np.clip(np.round(info.min - lo / step), info.min, info.max), q.dtype).reshape(zp.shape))
             zp = g.const(dq.input[2])
-        g.set(dq, 1, np.full(scale0.shape, step, scale0.dtype))
+        g.set_input(dq, 1, np.full(scale0.shape, step, scale0.dtype))
         new_q = np.round(value / step) + float(zp)
-    g.set(dq, 0, np.clip(new_q, info.min, info.max).astype(q.dtype))
+    g.set_input(dq, 0, np.clip(new_q, info.min, info.max).astype(q.dtype))
 
 
 def find_targets(fp32: onnx.ModelProto, g: Graph) -> tuple[list[Target], list[tuple[str, str]]]:

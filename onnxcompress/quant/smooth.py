@@ -20,7 +20,7 @@ from ..data import Dataset
 from ..runtime.budget import read_tensors
 from ..errors import ConfigError
 from ..passes.base import PassRecord
-from .equalize import FLOATS, Graph, Layer, as_layer, attr, copy_model, name_of, scale_out
+from .equalize import FLOATS, Graph, Layer, as_layer, attr, copy_model, name_of, scale_out, spread
 
 NORMS = ("LayerNormalization", "RMSNormalization")
 
@@ -35,17 +35,11 @@ class Group:
 
 
 def _consumer_weight(node: onnx.NodeProto, g: Graph) -> Optional[np.ndarray]:
-    """The constant weight of a MatMul/Gemm as [K, N] (K = the activation's channels), else None."""
-    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+    """The constant weight of a MatMul/Gemm reading an activation, as [K, N] (K = the activation's channels)."""
+    if node.op_type == "Conv" or len(node.input) < 2 or g.const(node.input[0]) is not None:
         return None
-    w = g.const(node.input[1])
-    if w is None or w.ndim != 2 or w.dtype not in FLOATS or g.const(node.input[0]) is not None:
-        return None
-    if node.op_type == "Gemm":
-        if attr(node, "transA", 0):
-            return None
-        return w.T if attr(node, "transB", 0) else w
-    return w
+    layer, _ = as_layer(node, g)
+    return None if layer is None else layer.in_out(g.const(layer.weight))
 
 
 def _passes_channels(node: onnx.NodeProto) -> bool:
@@ -159,22 +153,17 @@ def smooth_scales(act: np.ndarray, w: np.ndarray, alpha: float, lo: float = 1e-5
     return np.clip(s, lo, hi)
 
 
-def _spread(r: np.ndarray) -> float:
-    nz = r[r > 0]
-    return float(nz.max() / nz.min()) if nz.size else 1.0
-
-
 def _apply(g: Graph, grp: Group, s: np.ndarray) -> None:
     if grp.layer is not None:
         scale_out(grp.layer, g, s)
     for node, idx in grp.slots:
         v = g.const(node.input[idx])
         new = np.broadcast_to(v.reshape(-1), s.shape) / s  # a single value becomes one per channel
-        g.set(node, idx, new.reshape(v.shape if v.size > 1 else s.shape).astype(v.dtype))
+        g.set_input(node, idx, new.reshape(v.shape if v.size > 1 else s.shape).astype(v.dtype))
     for n in grp.consumers:
         w = g.const(n.input[1])
-        row = s.reshape(1, -1) if n.op_type == "Gemm" and attr(n, "transB", 0) else s.reshape(-1, 1)
-        g.set(n, 1, (w * row).astype(w.dtype))
+        row = s.reshape(-1, 1) if as_layer(n, g)[0].in_axis == 0 else s.reshape(1, -1)
+        g.set_input(n, 1, (w * row).astype(w.dtype))
 
 
 def smooth_quant(model: onnx.ModelProto, data: Dataset, alpha: float = 0.5, samples: int = 128,
@@ -201,7 +190,7 @@ def smooth_quant(model: onnx.ModelProto, data: Dataset, alpha: float = 0.5, samp
         names = [name_of(n) for n in grp.consumers]
         rec.changed.append(f"{grp.producer} -> {', '.join(names)}")
         rows.append({"tensor": grp.tensor, "producer": grp.producer, "consumers": names,
-                     "act_spread_before": _spread(act), "act_spread_after": _spread(act / s),
+                     "act_spread_before": spread(act), "act_spread_after": spread(act / s),
                      "s_min": float(s.min()), "s_max": float(s.max())})
     rec.stats.update(alpha=alpha, samples=min(samples, len(data)), groups=rows)
     return g.write(), rec
