@@ -44,7 +44,7 @@ class MetricAccumulator:
 
     def result(self) -> dict[str, float]:
         cos = np.concatenate(self.cos) if self.cos else np.ones(1)
-        return {"cosine": float(cos.mean()), "cosine_min": float(cos.min()), "sqnr_db": _db(self.signal, self.noise),
+        return {"cosine": float(cos.mean()), "cosine_min": float(cos.min()), "sqnr_db": snr_db(self.signal, self.noise),
                 "max_abs_error": self.max_abs, "max_rel_error": self.max_abs / self.max_ref if self.max_ref > 0 else 0.0}
 
 
@@ -59,7 +59,8 @@ def output_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _db(signal: float, noise: float) -> float:
+def snr_db(signal: float, noise: float) -> float:
+    """10 log10(signal / noise): inf when there is no noise, -inf when there is no signal."""
     if noise == 0:
         return float("inf")
     if signal == 0:
@@ -69,7 +70,7 @@ def _db(signal: float, noise: float) -> float:
 
 def sqnr(ref: np.ndarray, cand: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB (inf when identical)."""
-    return _db(float(np.sum(ref.astype(np.float64) ** 2)), float(np.sum((ref.astype(np.float64) - cand) ** 2)))
+    return snr_db(float(np.sum(ref.astype(np.float64) ** 2)), float(np.sum((ref.astype(np.float64) - cand) ** 2)))
 
 
 def compare_outputs(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], labels: Optional[np.ndarray] = None,

@@ -13,7 +13,7 @@ import onnx
 
 from ..data import Dataset
 from ..runtime.budget import read_tensors
-from .compare import sqnr
+from .compare import snr_db, sqnr
 
 
 def shared_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> dict[str, tuple[str, str]]:
@@ -62,14 +62,7 @@ def layer_sqnr(ref: onnx.ModelProto, cand: onnx.ModelProto, data: Dataset, sampl
                 signal[i] += float(np.sum(r64 * r64))
     rows = []
     for i, name in enumerate(rnames):
-        db: Optional[float]
-        if noise[i] == 0:
-            db = float("inf")
-        elif signal[i] == 0:
-            db = float("-inf")
-        else:
-            db = float(10 * np.log10(signal[i] / noise[i]))
-        rows.append({"tensor": name, "op": pairs[name][1], "sqnr_db": db})
+        rows.append({"tensor": name, "op": pairs[name][1], "sqnr_db": snr_db(signal[i], noise[i])})
     rows.sort(key=lambda r: r["sqnr_db"])
     return rows
 
