@@ -68,8 +68,26 @@ class WeightLayer:
         return self.groups > 1 and self.shape[1] == 1 and self.groups == self.out_channels
 
     def in_out(self, w: np.ndarray) -> np.ndarray:
-        """A dense weight with its input-channel axis before its output-channel axis ([K, N] as MatMul reads it)."""
-        return np.swapaxes(w, self.in_axis, self.out_axis) if self.in_axis > self.out_axis else w
+        """The dense weight as [K, N] (see `in_out`)."""
+        return in_out(self.node, w)
+
+
+def weight_axes(node: onnx.NodeProto, rank: int = 2) -> tuple[int, int]:
+    """(output-channel axis, input-channel axis) of the weight (input 1) of a Conv/ConvTranspose/Gemm/MatMul of
+    rank `rank`: the pattern half of the matcher, for code that already holds the constant weight."""
+    if node.op_type == "Conv":
+        return 0, 1
+    if node.op_type == "ConvTranspose":
+        return 1, 0
+    if node.op_type == "Gemm":
+        return (0, 1) if attr(node, "transB", 0) else (1, 0)
+    return rank - 1, rank - 2
+
+
+def in_out(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
+    """A Gemm/MatMul weight as MatMul reads it, [..., K, N]; applied to that, it gives the stored layout back."""
+    out_axis, in_axis = weight_axes(node, w.ndim)
+    return np.swapaxes(w, in_axis, out_axis) if in_axis > out_axis else w
 
 
 def match_layer(node: onnx.NodeProto, g: GraphView) -> Union[WeightLayer, Mismatch]:
@@ -90,18 +108,19 @@ def match_layer(node: onnx.NodeProto, g: GraphView) -> Union[WeightLayer, Mismat
     if node.op_type == "Gemm":
         if attr(node, "transA", 0):
             return Mismatch(name, f"Gemm '{node.name}' has transA=1")
-        out_axis = 0 if attr(node, "transB", 0) else 1
+        out_axis, in_axis = weight_axes(node)
         has_c = len(node.input) > 2 and bool(node.input[2])
         c = g.const(node.input[2]) if has_c else np.zeros(0, w.dtype)
         n_out = w.shape[out_axis]
         if c is None or c.size not in (0, 1, n_out) or (c.size > 1 and c.shape[-1] != n_out):
             return Mismatch(name, f"Gemm '{node.name}' bias is not a per-column constant")
-        return WeightLayer(node, w.shape, 1, out_axis, 1 - out_axis, (node, 2) if has_c else None, node.output[0])
-    layer = WeightLayer(node, w.shape, 1, w.ndim - 1, w.ndim - 2, None, node.output[0])
+        return WeightLayer(node, w.shape, 1, out_axis, in_axis, (node, 2) if has_c else None, node.output[0])
+    out_axis, in_axis = weight_axes(node, w.ndim)
+    layer = WeightLayer(node, w.shape, 1, out_axis, in_axis, None, node.output[0])
     add = g.only_consumer(node.output[0])
     if add is not None and add.op_type == "Add":
         other = 1 if add.input[0] == node.output[0] else 0
         b = g.const(add.input[other])
         if b is not None and (b.size == 1 or b.size == b.shape[-1] == w.shape[-1]):
-            return WeightLayer(node, w.shape, 1, w.ndim - 1, w.ndim - 2, (add, other), add.output[0])
+            return WeightLayer(node, w.shape, 1, out_axis, in_axis, (add, other), add.output[0])
     return layer

@@ -81,7 +81,7 @@ class GraphView:
         """Give `node` input `idx` the constant `value`. An initializer other nodes also read (or one seen
         through Identity, or a missing input) is duplicated under a new name, so only this node changes."""
         name = node.input[idx] if idx < len(node.input) else ""
-        if not name or name in self.identity or self.uses[name] > 1 or name not in self.inits:
+        if not name or name in self.identity or self.uses[name] > 1 or (name not in self.inits and name not in self.arrays):
             base = self.identity.get(name, name) or f"{node_name(node)}_in{idx}"
             new, k = base + "_eq", 0
             while new in self.inits or new in self.arrays or new in self.producer:

@@ -19,23 +19,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ...graph.view import attr, set_attr  # noqa: F401 - the handlers read attributes through the one attr
 from .graph import ChannelContext, Channels
 
 Kept = Callable[[str], Optional[np.ndarray]]  # tensor -> bool mask of kept positions (None: untouched)
-
-
-def attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def set_attr(node: onnx.NodeProto, name: str, value) -> None:
-    for a in list(node.attribute):
-        if a.name == name:
-            node.attribute.remove(a)
-    node.attribute.append(helper.make_attribute(name, value))
 
 
 def norm_axis(axis: int, rank: Optional[int]) -> Optional[int]:

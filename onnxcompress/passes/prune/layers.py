@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 import onnx
 
+from ...graph import in_out
 from .graph import ChannelContext, Channels, Read
 from .handlers import Handler, Kept, add_initializer, attr, describe, is_last, register, set_attr
 
@@ -173,7 +174,7 @@ class Gemm(Handler):
     def _matrix(self, node, ctx) -> Optional[np.ndarray]:
         """B as a [K, N] matrix."""
         b = ctx.index.const(node.input[1])
-        return None if b is None else (b.T if attr(node, "transB", 0) else b)
+        return None if b is None else in_out(node, b)
 
     def propagate(self, node, ctx):
         x = ctx.tensors.get(node.input[0])
@@ -202,7 +203,7 @@ class Gemm(Handler):
             bm = bm[ki]
         if ko is not None:
             bm = bm[:, ko]
-        ctx.index.set_const(node.input[1], bm.T if attr(node, "transB", 0) else bm)
+        ctx.index.set_const(node.input[1], in_out(node, bm))
         _, c = _bias(node, ctx, 2)
         if c is not None and ko is not None:
             c = np.broadcast_to(c.reshape(-1), (len(ko),)) if c.size == 1 else c.reshape(-1)

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from ...errors import InputError, OnnxCompressError
+from ...graph import weight_axes
 from ..base import PassRecord
 from .graph import ChannelContext
 from .remove import (INTERNAL, MacCounter, Removal, analyze, dead_groups, own_macs, reasons_summary, removal,
@@ -24,26 +25,15 @@ Progress = Optional[Callable[[int, int, str], None]]  # (done, total, what)
 
 def _rows(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
     """Producer weight as [out_channels, fan_in] rows."""
-    if node.op_type == "Conv":
-        return w.reshape(w.shape[0], -1)
-    if node.op_type == "ConvTranspose":
-        return np.moveaxis(w, 1, 0).reshape(w.shape[1], -1)
-    if node.op_type == "Gemm":
-        transb = any(a.name == "transB" and a.i for a in node.attribute)
-        return w if transb else w.T
-    return w.T  # MatMul [K, N]
+    out_axis, _ = weight_axes(node, w.ndim)
+    return np.moveaxis(w, out_axis, 0).reshape(w.shape[out_axis], -1)
 
 
 def _zero_rows(node: onnx.NodeProto, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
     w = w.copy()
-    if node.op_type == "Conv":
-        w[rows] = 0
-    elif node.op_type == "ConvTranspose":
-        w[:, rows] = 0
-    elif node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
-        w[rows] = 0
-    else:
-        w[:, rows] = 0
+    index = [slice(None)] * w.ndim
+    index[weight_axes(node, w.ndim)[0]] = rows
+    w[tuple(index)] = 0
     return w
 
 
