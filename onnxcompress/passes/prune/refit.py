@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ...graph import in_out
 from .handlers import attr, set_attr
 
 
@@ -289,7 +290,7 @@ class GemmLayer(Layer):
 
     def _b(self, w: Weights) -> np.ndarray:
         b = w.get(self.node.input[1])
-        return b.T if attr(self.node, "transB", 0) else b
+        return in_out(self.node, b)
 
     def _c(self, w: Weights) -> Optional[np.ndarray]:
         return w.get(self.node.input[2]) if len(self.node.input) > 2 and self.node.input[2] else None
@@ -307,7 +308,7 @@ class GemmLayer(Layer):
     def write(self, w, m):
         m = m[0]
         b = m[:-1] / attr(self.node, "alpha", 1.0)
-        w.set(self.node.input[1], b.T if attr(self.node, "transB", 0) else b)
+        w.set(self.node.input[1], in_out(self.node, b))
         c = self._c(w)
         if c is None:
             set_attr(self.node, "beta", 1.0)
