@@ -41,6 +41,7 @@ from ...runtime.session import make_session, run_feed
 from ...io import is_big
 from ..base import PassRecord
 from .channelwise import UNARY
+from ...graph import weight_axes
 from .handlers import attr
 from .refit import ConvLayer, GemmLayer, Layer, MatMulLayer, Moments, Normal, Weights, affine, ridge
 
@@ -112,7 +113,7 @@ def _gemm_layer(node: onnx.NodeProto, w: Weights, kept: dict[str, np.ndarray]) -
     weight = w.get(node.input[1])
     has_c = len(node.input) > 2 and bool(node.input[2])
     c = w.get(node.input[2]) if has_c else None
-    n_out = weight.shape[0] if attr(node, "transB", 0) else weight.shape[1]
+    n_out = weight.shape[weight_axes(node)[0]]
     if attr(node, "transA", 0) or (has_c and (c is None or c.size not in (1, n_out))):
         return "Gemm with transA or a C that is not a per-output constant"
     return GemmLayer(node, node.input[0], node.output[0], kept.get(node.output[0]), weight.size // n_out + 1, n_out)
