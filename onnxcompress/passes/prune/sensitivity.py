@@ -20,6 +20,7 @@ from onnx import helper
 from ...data import Dataset, Feed, feeds, samples_of
 from ...errors import InputError
 from ...runtime.session import make_session, with_outputs
+from ...graph import weight_axes
 from .graph import ChannelContext
 
 Progress = Optional[Callable[[int, int, str], None]]
@@ -55,11 +56,9 @@ def _mask_shape(node: onnx.NodeProto, w: np.ndarray, n: int) -> Optional[tuple[i
     if node.op_type == "ConvTranspose" and w.ndim > 2 and w.shape[1] == n:
         return (1, n) + (1,) * (w.ndim - 2)
     if node.op_type == "Gemm" and w.ndim == 2:
-        transb = any(a.name == "transB" and a.i for a in node.attribute)
-        if transb and w.shape[0] == n:
-            return (n, 1)
-        if not transb and w.shape[1] == n:
-            return (1, n)
+        out_axis = weight_axes(node)[0]
+        if w.shape[out_axis] == n:
+            return (n, 1) if out_axis == 0 else (1, n)
     if node.op_type == "MatMul" and w.ndim >= 2 and w.shape[-1] == n:
         return (1,) * (w.ndim - 1) + (n,)
     return None
