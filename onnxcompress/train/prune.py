@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from ..errors import ExportError
+from ..graph import weight_axes
 from ..passes.prune.remove import analyze
 from ..passes.prune.structured import select
 
@@ -122,7 +123,7 @@ def structured_masks(module, example: tuple, ratio: float, criterion: str = "l2"
 
 def _transposed(node: onnx.NodeProto) -> bool:
     """Gemm without transB stores the weight [in, out]: rows are not output channels."""
-    return node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute)
+    return node.op_type == "Gemm" and weight_axes(node)[0] != 0
 
 
 def _bn_params(ctx, node: onnx.NodeProto) -> list[str]:
