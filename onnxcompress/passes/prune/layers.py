@@ -53,6 +53,15 @@ def _slice_in_out(node, ctx, kept: Kept):
     return ko
 
 
+def _add_to_bias(node: onnx.NodeProto, ctx: ChannelContext, delta: np.ndarray) -> None:
+    """Add what removed constant input channels contributed to the layer's bias (input 2), creating it if absent."""
+    _, b = _bias(node, ctx, 2)
+    if b is None:
+        _add_bias(node, ctx, 2, delta)
+    else:
+        ctx.index.set_const(node.input[2], b + delta)
+
+
 @register("Conv")
 class Conv(Handler):
     follows = 1
@@ -124,12 +133,7 @@ class Conv(Handler):
 
     def fold(self, node, ctx, removed: np.ndarray, const: np.ndarray) -> None:
         w = ctx.index.const(node.input[1])
-        delta = w[:, removed].reshape(w.shape[0], int(removed.sum()), -1).sum(axis=2) @ const[removed]
-        _, b = _bias(node, ctx, 2)
-        if b is None:
-            _add_bias(node, ctx, 2, delta)
-        else:
-            ctx.index.set_const(node.input[2], b + delta)
+        _add_to_bias(node, ctx, w[:, removed].reshape(w.shape[0], int(removed.sum()), -1).sum(axis=2) @ const[removed])
 
 
 @register("ConvTranspose")
@@ -159,12 +163,8 @@ class ConvTranspose(Conv):
 
     def fold(self, node, ctx, removed, const):
         w = ctx.index.const(node.input[1])
-        delta = np.einsum("i,io->o", const[removed], w[removed].reshape(int(removed.sum()), w.shape[1], -1).sum(axis=2))
-        _, b = _bias(node, ctx, 2)
-        if b is None:
-            _add_bias(node, ctx, 2, delta)
-        else:
-            ctx.index.set_const(node.input[2], b + delta)
+        _add_to_bias(node, ctx, np.einsum("i,io->o", const[removed],
+                                          w[removed].reshape(int(removed.sum()), w.shape[1], -1).sum(axis=2)))
 
 
 @register("Gemm")
