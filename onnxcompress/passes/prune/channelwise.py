@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from .graph import Channels
-from .handlers import Handler, attr, describe, norm_axis, register
+from .handlers import Handler, OneInput, attr, describe, norm_axis, register
 
 
 def _relu(x, n):
@@ -68,13 +68,9 @@ UNARY: dict[str, Callable] = {
 
 
 @register("Clip", *UNARY)
-class Unary(Handler):
-    follows = 1
+class Unary(OneInput):
 
-    def propagate(self, node, ctx):
-        x = ctx.tensors.get(node.input[0])
-        if x is None:
-            return
+    def flow(self, node, ctx, x):
         if node.op_type == "Clip" and len(node.input) > 1:
             bounds = [ctx.index.const(i) if i else None for i in node.input[1:3]]
             if any(i and b is None for i, b in zip(node.input[1:3], bounds)):
@@ -97,14 +93,10 @@ class Unary(Handler):
 
 @register("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize", "Pad", "LpPool",
           "GlobalLpPool")
-class Shaped(Handler):
+class Shaped(OneInput):
     """Pools, Resize, Pad: channel axis 1 passes through; constants survive unless padding changes them."""
-    follows = 1
 
-    def propagate(self, node, ctx):
-        x = ctx.tensors.get(node.input[0])
-        if x is None:
-            return
+    def flow(self, node, ctx, x):
         if x.axis != 1:
             ctx.block(x.ids, describe(node), "channel axis is not axis 1")
             return

@@ -95,6 +95,21 @@ class Handler:
         return None
 
 
+
+class OneInput(Handler):
+    """An op whose channels come from its first input: `flow(node, ctx, x)` runs when that input carries them."""
+
+    follows = 1
+
+    def propagate(self, node: onnx.NodeProto, ctx: ChannelContext) -> None:
+        x = ctx.tensors.get(node.input[0])
+        if x is not None:
+            self.flow(node, ctx, x)
+
+    def flow(self, node: onnx.NodeProto, ctx: ChannelContext, x: Channels) -> None:
+        raise NotImplementedError
+
+
 HANDLERS: dict[str, Handler] = {}
 DEFAULT = Handler()
 

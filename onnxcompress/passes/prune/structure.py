@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from .graph import ChannelContext, Channels
-from .handlers import Handler, attr, describe, is_last, norm_axis, register, set_attr, set_input_const
+from .handlers import Handler, OneInput, attr, describe, is_last, norm_axis, register, set_attr, set_input_const
 
 
 @register("Concat")
@@ -142,11 +142,10 @@ def strided_range(keep: np.ndarray, idx: np.ndarray, step: int) -> Optional[tupl
 
 
 @register("Slice")
-class Slice(Handler):
+class Slice(OneInput):
     """Channel ids pass through a Slice on other axes; on the channel axis the output carries the selected
     sub-list of ids (like Split). Removing channels rewrites starts/ends (and steps) so the Slice still
     selects the surviving channels; when they are no longer one strided range the removal is refused."""
-    follows = 1
 
     def params(self, node: onnx.NodeProto, ctx: ChannelContext) -> tuple[Optional[SliceParams], str]:
         """(parameters, "") or (None, reason). Axes may be known while starts/ends are not: then the
@@ -197,10 +196,7 @@ class Slice(Handler):
         idx = np.array(slice_range(len(x.ids), p.starts[j], p.ends[j], p.steps[j]), dtype=np.int64)
         return (p, j, idx), ""
 
-    def propagate(self, node, ctx):
-        x = ctx.tensors.get(node.input[0])
-        if x is None:
-            return
+    def flow(self, node, ctx, x):
         sel, why = self.selection(node, ctx, x)
         if why:
             ctx.block(x.ids, describe(node), why)
@@ -251,10 +247,9 @@ class Slice(Handler):
 
 
 @register("Flatten", "Reshape")
-class Flatten(Handler):
+class Flatten(OneInput):
     """[N, C, H, W] -> [N, C*H*W]: one channel becomes a block of H*W features (channel-major).
     Also Reshape that keeps the last (channel) axis, e.g. [N*S, C] <-> [N, S, C] around a Gemm."""
-    follows = 1
 
     def _last_dim_source(self, node, ctx) -> Optional[tuple[str, np.ndarray]]:
         """(constant holding the target shape's last element, its value) for a Reshape."""
@@ -281,10 +276,7 @@ class Flatten(Handler):
             return True
         return second == -1 and (first == 0 or (shape[0] is not None and first == shape[0]))
 
-    def propagate(self, node, ctx):
-        x = ctx.tensors.get(node.input[0])
-        if x is None:
-            return
+    def flow(self, node, ctx, x):
         if node.op_type == "Reshape" and is_last(x, ctx, node.input[0]):
             src = self._last_dim_source(node, ctx)
             if src is not None and src[1].size and int(src[1].reshape(-1)[-1]) == len(x.ids):
@@ -336,8 +328,7 @@ class Flatten(Handler):
 
 
 @register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum")
-class Reduce(Handler):
-    follows = 1
+class Reduce(OneInput):
 
     def _axes(self, node, ctx, rank: int) -> Optional[list[int]]:
         if len(node.input) > 1 and node.input[1]:
@@ -351,10 +342,7 @@ class Reduce(Handler):
             return [] if attr(node, "noop_with_empty_axes", 0) else list(range(rank))
         return axes
 
-    def propagate(self, node, ctx):
-        x = ctx.tensors.get(node.input[0])
-        if x is None:
-            return
+    def flow(self, node, ctx, x):
         rank = ctx.index.rank(node.input[0])
         axes = None if rank is None else self._axes(node, ctx, rank)
         ca = norm_axis(x.axis, rank)
@@ -371,14 +359,10 @@ class Reduce(Handler):
 
 
 @register("Squeeze", "Unsqueeze", "Transpose")
-class Reshaping(Handler):
+class Reshaping(OneInput):
     """Squeeze / Unsqueeze / Transpose: the channel axis moves, the channels stay."""
-    follows = 1
 
-    def propagate(self, node, ctx):
-        x = ctx.tensors.get(node.input[0])
-        if x is None:
-            return
+    def flow(self, node, ctx, x):
         rank = ctx.index.rank(node.input[0])
         ca = norm_axis(x.axis, rank)
         out_rank = ctx.index.rank(node.output[0])
@@ -415,14 +399,10 @@ class Reshaping(Handler):
 
 
 @register("Softmax", "LogSoftmax", "LayerNormalization")
-class AxisOp(Handler):
+class AxisOp(OneInput):
     """Softmax / LayerNormalization: fine along other axes, coupling along the channel axis."""
-    follows = 1
 
-    def propagate(self, node, ctx):
-        x = ctx.tensors.get(node.input[0])
-        if x is None:
-            return
+    def flow(self, node, ctx, x):
         rank = ctx.index.rank(node.input[0])
         legacy = node.op_type != "LayerNormalization" and (ctx.index.opset or 13) < 13
         axis = norm_axis(attr(node, "axis", 1 if legacy else -1), rank)
@@ -441,10 +421,9 @@ class AxisOp(Handler):
 
 
 @register("Shape")
-class ShapeOf(Handler):
+class ShapeOf(OneInput):
     """Shape(x): the channel count is in the shape vector, so removal changes its value. Allowed only when
     every consumer reads other entries (e.g. the batch size: Gather 0, Slice 0:1); Size is never allowed."""
-    follows = 1
 
     def _reads_only_other(self, node: onnx.NodeProto, ctx: ChannelContext, shape: str, n: int, pos: int) -> bool:
         """Whether `node` reads the shape vector `shape` (n entries) only at entries other than `pos`."""
@@ -460,10 +439,7 @@ class ShapeOf(Handler):
             return pos not in slice_range(n, p.starts[0], p.ends[0], p.steps[0])
         return False
 
-    def propagate(self, node, ctx):
-        x = ctx.tensors.get(node.input[0])
-        if x is None:
-            return
+    def flow(self, node, ctx, x):
         rank = ctx.index.rank(node.input[0])
         if rank is None:
             ctx.block(x.ids, describe(node), "Shape of a tensor of unknown rank")
