@@ -81,7 +81,7 @@ def main() -> None:
             res = validate(MODEL, int8, VAL, ValidateConfig(), layers=layers)
             dt = time.perf_counter() - t0
             print(f"   layers={str(layers):5s} {dt:6.2f} s  top-1 {res['reference_top1']:.2f} -> {res['candidate_top1']:.2f}  "
-                  f"agreement {res['outputs']['logits']['agreement']:.2f}%  SQNR {res['outputs']['logits']['sqnr_db']:.2f} dB"
+                  f"agreement {res['task']['metrics']['agreement']:.2f}%  SQNR {res['outputs']['logits']['sqnr_db']:.2f} dB"
                   + (f"  worst layer {res['layers'][0]['tensor']} {res['layers'][0]['sqnr_db']:.1f} dB" if layers else ""))
 
         print("3. peak memory, batch 1, 1 thread (fresh process per model)")
