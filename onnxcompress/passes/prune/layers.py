@@ -78,10 +78,9 @@ class Conv(Handler):
         ok, b = _bias(node, ctx, 2)
         out = node.output[0]
         if w is None or not ok:
+            if x is not None:  # first, so the recorded reason is this one (a block keeps its first reason)
+                ctx.block(x.ids, describe(node), "weight or bias is not a constant used by this node alone")
             super().propagate(node, ctx)
-            reason = "weight or bias is not a constant used by this node alone"
-            if x is not None:
-                ctx.block(x.ids, describe(node), reason)
             return
         group = attr(node, "group", 1)
         cout = w.shape[0]

@@ -116,12 +116,8 @@ def test_matmul_on_3d_activations_slices_the_feature_axis():
 
 @pytest.mark.parametrize("case, why", [
     ("grouped", "Conv 'c2': grouped conv (group=2) couples channels in groups"),
-    *(pytest.param(case, "Conv 'c2': weight or bias is not a constant used by this node alone", marks=pytest.mark.xfail(
-        strict=True, reason="bug: Conv.propagate calls Handler.propagate first, which blocks the input with 'Conv is "
-        "not handled by channel pruning'; ctx.block keeps the first reason, so the Conv's own reason is never "
-        "recorded (passes/prune/layers.py, Conv.propagate)")) for case in ("shared-weight", "weight-input")),
-    ("shared-weight", "Conv 'c2': "),  # blocked all the same, with some reason (the one above is the right one)
-    ("weight-input", "Conv 'c2': "),
+    ("shared-weight", "Conv 'c2': weight or bias is not a constant used by this node alone"),
+    ("weight-input", "Conv 'c2': weight or bias is not a constant used by this node alone"),
     ("attention", "MatMul of two activations (e.g. attention) couples channels"),
 ])
 def test_layers_that_cannot_be_sliced_block_with_their_reason(case, why):
