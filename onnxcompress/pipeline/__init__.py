@@ -43,8 +43,7 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
     `progress`: a progress.Progress, or a plain fn(message) for the stage names."""
     config.validate()
     prog = progress_of(progress)
-    ctx = Context(config, Path(out_dir), Path(calibration) if calibration else None,
-                  Path(validation) if validation else None, Path(train_data) if train_data else None, prog)
+    ctx = Context(config, Path(out_dir), _source(calibration), _source(validation), _source(train_data), prog)
     _, stages = run_stages(None, stages_for(config, model_path), ctx, say=prog.say)
     compared = measure(stages, ctx)
     report = {"version": REPORT_VERSION, "model": str(ctx.source), "config": to_dict(config),
@@ -60,6 +59,14 @@ def convert(model_path: str | Path | TorchSource, out_dir: str | Path, config: P
 
     report["files"] = [str(p) for p in write_reports(report, ctx.out)]
     return report
+
+
+def _source(data: Any) -> Any:
+    """A data path as a Path; a dataset the caller already opened (the CLI opens image folders, text and audio
+    with their options) as it is: load_data passes it through."""
+    if data is None or (isinstance(data, (str, Path)) and not str(data)):
+        return None
+    return data if hasattr(data, "batches") else Path(data)
 
 
 def measure(stages: list[StageRecord], ctx: Context) -> dict[str, dict]:

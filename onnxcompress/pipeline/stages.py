@@ -38,9 +38,9 @@ class Context:
 
     config: PipelineConfig
     out: Path
-    calibration_path: Optional[Path] = None
-    validation_path: Optional[Path] = None
-    train_data_path: Optional[Path] = None
+    calibration_path: Any = None  # a Path, or a Dataset already opened (load_data passes it through)
+    validation_path: Any = None
+    train_data_path: Any = None
     progress: Callbacks = SILENT
     source: Optional[Path] = None  # the FP32 model file
     stem: str = "model"
@@ -61,8 +61,8 @@ class Context:
         cfg = self.config
         self.source, self.stem, self.reference = source, source.stem, model
         self.layout = model_layout(model, cfg.data.input_layout)  # checked against the model and the data
-        self.calib = load_data(self.calibration_path, self.layout, cfg.data) if self.calibration_path else None
-        self.val = load_data(self.validation_path, self.layout, cfg.data) if self.validation_path else None
+        self.calib = load_data(self.calibration_path, self.layout, cfg.data) if self.calibration_path is not None else None
+        self.val = load_data(self.validation_path, self.layout, cfg.data) if self.validation_path is not None else None
         if cfg.quant.enabled and cfg.quant.mode == "static" and self.calib is None:
             raise InputError("static quantization needs calibration data; pass --calibration DATA.npz or --mode dynamic")
         if self.out.exists() and not self.out.is_dir():
@@ -135,7 +135,7 @@ class PruneDistill:
 
         cfg = ctx.config
         name = self.source.specs[0].name
-        tdata = load_data(ctx.train_data_path, ctx.layout) if ctx.train_data_path else ctx.calib
+        tdata = load_data(ctx.train_data_path, ctx.layout) if ctx.train_data_path is not None else ctx.calib
         if tdata is None:
             raise InputError("torch-side pruning needs data to distill on; pass --train-data or --calibration")
         val = ctx.val
