@@ -144,19 +144,17 @@ def subgraph_reads_dq(qmodel: onnx.ModelProto, fp32: onnx.ModelProto) -> list[st
     reads = _subgraph_reads(g)
     if not reads:
         return []
-    before = {o: n.op_type for n in fp32.graph.node for o in n.output}
-    after = {o: n.op_type for n in g.node for o in n.output}
+    from ..graph import GraphView
+
+    before, after = GraphView(fp32).producer, GraphView(qmodel)
     dq_of: dict[str, str] = {}
-    by_in: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            by_in.setdefault(i, []).append(n)
     for n in g.node:
         if n.op_type == "QuantizeLinear" and n.input[0] in reads:
-            dq = [d for d in by_in.get(n.output[0], []) if d.op_type == "DequantizeLinear"]
+            dq = [d for d in after.consumers.get(n.output[0], []) if d.op_type == "DequantizeLinear"]
             if dq:
                 dq_of[n.input[0]] = dq[0].output[0]
-    changed = {t: dq for t, dq in dq_of.items() if t in before and after.get(t) != before[t]}
+    changed = {t: dq for t, dq in dq_of.items()
+               if t in before and getattr(after.producer.get(t), "op_type", None) != before[t].op_type}
     if not changed:
         return []
 
